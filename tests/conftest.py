@@ -1,0 +1,38 @@
+"""Fixtures shared by the whole suite: a real PostgreSQL database, tokens, a running gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from support.database import insert_session, temporary_database
+from support.gateway import Gateway, start_gateway
+
+MakeToken = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, with the API's ``sessions`` table."""
+    with temporary_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def make_token(database_url: str) -> MakeToken:
+    """``make_token(user_id=None, logged_in=False, ttl_seconds=3600) -> token``."""
+
+    def make(user_id: int | None = None, logged_in: bool = False, ttl_seconds: float = 3600) -> str:
+        return insert_session(
+            database_url, user_id=user_id, logged_in=logged_in, ttl_seconds=ttl_seconds
+        )
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[Gateway]:
+    """One gateway process on PostgreSQL, shared by the tests of a module."""
+    process = start_gateway({"DATABASE_URL": database_url})
+    yield process
+    process.stop()

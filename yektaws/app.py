@@ -1,0 +1,63 @@
+"""Building the aiohttp application: wiring, startup and shutdown. No event knowledge here.
+
+The request path, top to bottom::
+
+    aiohttp ─> json_errors ─> upgrade_middleware ─┬─ Socket.IO ─> SocketIOTransport.handle
+                                                  ├─ native ───> NativeTransport.handle
+                                                  └─ HTTP ─────> router (info, health, ready)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from yektaws.connection import CloseReason
+from yektaws.gateway import Gateway
+from yektaws.handlers import build_dispatcher
+from yektaws.http import GATEWAY_KEY, add_routes, json_errors
+from yektaws.middleware import upgrade_middleware
+from yektaws.sessions import SessionStore, open_store
+from yektaws.settings import Settings
+from yektaws.transports.native import NativeTransport
+from yektaws.transports.socketio import SocketIOTransport
+
+__all__ = ["GATEWAY_KEY", "create_app"]
+
+SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
+
+
+def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
+    """The whole gateway as one aiohttp application (the store is opened at startup)."""
+    gateway = Gateway(settings, store or open_store(settings), build_dispatcher(settings))
+    native = NativeTransport(gateway)
+    socketio = SocketIOTransport(gateway)
+    app = web.Application(
+        middlewares=[json_errors, upgrade_middleware(socketio.handle, native.handle)],
+        client_max_size=settings.max_message_size,
+    )
+    app[GATEWAY_KEY] = gateway
+    app[SOCKETIO_KEY] = socketio
+    add_routes(app, settings.websocket_path)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_close_connections)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    gateway = app[GATEWAY_KEY]
+    await gateway.store.open()
+    gateway.authenticator.start()
+
+
+async def _close_connections(app: web.Application) -> None:
+    gateway = app[GATEWAY_KEY]
+    gateway.draining = True
+    await gateway.close_all(CloseReason.GOING_AWAY)
+
+
+async def _stop(app: web.Application) -> None:
+    gateway = app[GATEWAY_KEY]
+    await app[SOCKETIO_KEY].shutdown()
+    await gateway.authenticator.stop()
+    await gateway.store.close()

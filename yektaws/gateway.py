@@ -1,0 +1,88 @@
+"""The :class:`Gateway`: what both transports share, and the one place a connection's life is told.
+
+It holds the parts that do not depend on a protocol (settings, session store, admission, hub,
+dispatcher) and records the three moments of a connection's life, once for both protocols: a
+handshake refused (:meth:`Gateway.rejected`), a connection accepted (:meth:`Gateway.accepted`),
+a connection ended (:meth:`Gateway.released`). Each writes exactly one log line.
+"""
+
+from __future__ import annotations
+
+import time
+
+from yektaws.admission import Admission, OriginPolicy
+from yektaws.auth import Authenticator
+from yektaws.connection import CloseReason, Connection
+from yektaws.dispatcher import Dispatcher
+from yektaws.hub import Hub
+from yektaws.logging import get_logger
+from yektaws.sessions import SessionStore
+from yektaws.settings import Settings
+
+__all__ = ["Gateway"]
+
+log = get_logger("yektaws.connections")
+
+
+class Gateway:
+    """The protocol-neutral core that the transports are built on."""
+
+    def __init__(self, settings: Settings, store: SessionStore, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.store = store
+        self.dispatcher = dispatcher
+        self.hub = Hub()
+        self.origins = OriginPolicy(settings.cors_origin)
+        self.authenticator = Authenticator(
+            store,
+            lookups_per_second=settings.max_handshakes_per_second,
+            wait_limit=settings.handshake_timeout,
+            cache_ttl=settings.session_cache_ttl,
+            cache_size=settings.session_cache_size,
+            touch_interval=settings.session_touch_interval,
+        )
+        self.draining = False
+        self.admission = Admission(
+            authenticator=self.authenticator,
+            hub=self.hub,
+            origins=self.origins,
+            max_per_address=settings.max_connections_per_address,
+            max_per_owner=settings.max_connections_per_user,
+            is_draining=lambda: self.draining,
+        )
+
+    # -- a connection's life ---------------------------------------------------------------------
+
+    def rejected(self, protocol: str, peer: str, reason: str) -> None:
+        log.info("reject", protocol=protocol, peer=peer, reason=reason)
+
+    async def accepted(self, conn: Connection, *, transport: str) -> None:
+        """Log the new connection and greet it (the dispatcher's connect hooks)."""
+        log.info(
+            "connect",
+            socketId=conn.id,
+            protocol=conn.protocol,
+            transport=transport,
+            userId=conn.user_id,
+            peer=conn.peer,
+        )
+        await self.dispatcher.connected(conn)
+
+    def released(self, conn: Connection, *, code: int | None, reason: str) -> None:
+        """Forget an ended connection and stop the work it started."""
+        self.hub.remove(conn)
+        conn.cancel_tasks()
+        log.info(
+            "disconnect",
+            socketId=conn.id,
+            protocol=conn.protocol,
+            userId=conn.user_id,
+            peer=conn.peer,
+            code=code,
+            reason=reason,
+            seconds=round(time.time() - conn.connected_at, 3),
+        )
+
+    async def close_all(self, reason: CloseReason) -> None:
+        for conn in self.hub:
+            await conn.close(reason)

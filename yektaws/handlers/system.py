@@ -1,0 +1,118 @@
+"""The everyday events: ``connected``, ``ping``, ``status``, ``echo``, ``info``, ``message``.
+
+Payloads are CONTRACT section 4's, identical on both protocols apart from ``protocol``. Handlers
+see only the protocol-neutral :class:`~yektaws.connection.Connection`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from yektaws import __version__
+from yektaws.connection import Connection
+from yektaws.dispatcher import Dispatcher, Reply
+
+__all__ = ["SERVER_NAME", "register", "timestamp"]
+
+SERVER_NAME = "YektaYar WebSocket Server"
+DESCRIPTION = "Real-time gateway of YektaYar: Socket.IO and native WebSocket on one port"
+
+
+def timestamp() -> str:
+    """Now, as ISO 8601 UTC with milliseconds and ``Z`` (``2026-11-26T12:44:36.769Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def connected(conn: Connection) -> Reply:
+    return Reply(
+        "connected",
+        {
+            "message": "Connected to YektaYar server",
+            "socketId": conn.id,
+            "isLoggedIn": conn.is_logged_in,
+            "protocol": conn.protocol,
+        },
+    )
+
+
+async def ping(conn: Connection, data: Any) -> Reply:
+    return Reply("pong", {"timestamp": timestamp()})
+
+
+async def status(conn: Connection, data: Any) -> Reply:
+    return Reply(
+        "status_response",
+        {
+            "server": {
+                "name": SERVER_NAME,
+                "version": __version__,
+                "status": "running",
+                "timestamp": timestamp(),
+            },
+            "connection": {
+                "socketId": conn.id,
+                "userId": conn.user_id,
+                "isLoggedIn": conn.is_logged_in,
+                "protocol": conn.protocol,
+                "sessionToken": conn.masked_token,
+                "rooms": sorted(conn.rooms),
+            },
+        },
+    )
+
+
+async def echo(conn: Connection, data: Any) -> Reply:
+    return Reply("echo_response", {"received": data, "timestamp": timestamp(), "socketId": conn.id})
+
+
+def make_info(features: dict[str, bool]) -> Any:
+    """The ``info`` handler, closed over the features this server was started with."""
+
+    async def info(conn: Connection, data: Any) -> Reply:
+        return Reply(
+            "info_response",
+            {
+                "server": {
+                    "name": SERVER_NAME,
+                    "version": __version__,
+                    "description": DESCRIPTION,
+                    "features": features,
+                },
+                "websocket": {
+                    "connected": True,
+                    "protocol": conn.protocol,
+                    "transport": conn.transport,
+                },
+                "session": {
+                    "authenticated": conn.is_logged_in,
+                    "userId": conn.user_id if conn.user_id is not None else "anonymous",
+                    "sessionToken": conn.masked_token,
+                },
+                "timestamp": timestamp(),
+            },
+        )
+
+    return info
+
+
+async def message(conn: Connection, data: Any) -> Reply:
+    return Reply(
+        "message_received",
+        {
+            "success": True,
+            "message": "Message received successfully",
+            "data": data,
+            "timestamp": timestamp(),
+        },
+    )
+
+
+def register(dispatcher: Dispatcher, *, features: dict[str, bool]) -> None:
+    """Register this module's events on ``dispatcher``."""
+    dispatcher.on_connect(connected)
+    dispatcher.on("ping")(ping)
+    dispatcher.on("status")(status)
+    dispatcher.on("echo")(echo)
+    dispatcher.on("info")(make_info(features))
+    dispatcher.on("message")(message)

@@ -1,0 +1,96 @@
+"""The registry of open connections in this process: by id, by room, by owner and by address.
+
+Both transports add and remove their connections here, so one room can hold native and Socket.IO
+connections at once and one emit reaches all of them. The per-owner and per-address counts behind
+the connection caps live here too, kept in step by :meth:`Hub.add` and :meth:`Hub.remove`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from yektaws.connection import Connection
+
+__all__ = ["Hub", "rooms_for"]
+
+
+def rooms_for(conn: Connection) -> list[str]:
+    """The rooms a new connection joins: its own id, and ``user:<id>`` for a user's session.
+
+    No room name ever contains a token: room names travel to logs, brokers and dashboards.
+    """
+    rooms = [conn.id]
+    if conn.user_id is not None:
+        rooms.append(f"user:{conn.user_id}")
+    return rooms
+
+
+class Hub:
+    """Every open connection of this process."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Connection] = {}
+        self._rooms: dict[str, dict[str, Connection]] = {}
+        self._per_owner: Counter[str] = Counter()
+        self._per_address: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._by_id.values()))
+
+    def get(self, socket_id: str) -> Connection | None:
+        return self._by_id.get(socket_id)
+
+    def connections_of_owner(self, owner: str) -> int:
+        return self._per_owner[owner]
+
+    def connections_from(self, address: str) -> int:
+        return self._per_address[address]
+
+    def count_by_protocol(self) -> Counter[str]:
+        return Counter(conn.protocol for conn in self._by_id.values())
+
+    def add(self, conn: Connection) -> None:
+        """Register ``conn`` and put it in its rooms (see :func:`rooms_for`)."""
+        self._by_id[conn.id] = conn
+        self._per_owner[conn.session.owner] += 1
+        self._per_address[conn.peer] += 1
+        for room in rooms_for(conn):
+            self.join(conn, room)
+
+    def remove(self, conn: Connection) -> None:
+        """Forget ``conn`` (idempotent)."""
+        if self._by_id.pop(conn.id, None) is None:
+            return
+        for room in list(conn.rooms):
+            self.leave(conn, room)
+        for counter, key in ((self._per_owner, conn.session.owner), (self._per_address, conn.peer)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+
+    def join(self, conn: Connection, room: str) -> None:
+        self._rooms.setdefault(room, {})[conn.id] = conn
+        conn.rooms.add(room)
+
+    def leave(self, conn: Connection, room: str) -> None:
+        members = self._rooms.get(room)
+        if members is not None:
+            members.pop(conn.id, None)
+            if not members:
+                del self._rooms[room]
+        conn.rooms.discard(room)
+
+    def members(self, room: str) -> list[Connection]:
+        return list(self._rooms.get(room, {}).values())
+
+    async def emit(self, room: str, event: str, data: Any) -> int:
+        """Send ``event`` to every connection in ``room`` here; returns how many it reached."""
+        members = self.members(room)
+        for conn in members:
+            await conn.emit(event, data)
+        return len(members)

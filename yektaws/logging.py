@@ -1,0 +1,113 @@
+"""structlog configuration, and the processor that keeps session tokens out of every log line.
+
+Every line yektaws writes, its own and the ones aiohttp, python-socketio and python-engineio send to
+the standard :mod:`logging` module, passes through :func:`mask_secrets` before it is rendered. A
+token may arrive in a query string (``?token=``), an ``Authorization`` header, a
+``Sec-WebSocket-Protocol`` entry (``bearer.<token>``) or a field named like a token; all four are
+reduced to ``***`` plus the last four characters, the form the contract allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+__all__ = ["configure_logging", "get_logger", "mask_secrets", "mask_token"]
+
+# Field names whose whole value is a secret wherever they appear in an event.
+_SECRET_KEYS = frozenset({"token", "session_token", "sessiontoken", "authorization", "password"})
+
+# A token inside free text: `token=…` (query strings), `Bearer …`, `bearer.…` (subprotocol) and a
+# password inside a URL (`postgresql://user:secret@host`).
+_SECRET_PATTERNS = (
+    re.compile(r"(?P<prefix>[?&]token=)(?P<secret>[^&\s\"']+)", re.IGNORECASE),
+    re.compile(r"(?P<prefix>\bbearer[ .]+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE),
+    re.compile(r"(?P<prefix>://[^:/@\s]+:)(?P<secret>[^@\s]+)(?=@)"),
+)
+
+
+def mask_token(token: str | None) -> str:
+    """Show a token as the contract allows: ``***`` and its last four characters."""
+    if not token:
+        return "***"
+    return "***" + token[-4:] if len(token) > 8 else "***"
+
+
+def _mask_text(text: str) -> str:
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group("prefix") + mask_token(m.group("secret")), text)
+    return text
+
+
+def _mask_value(key: str, value: Any) -> Any:
+    if key.lower() in _SECRET_KEYS and isinstance(value, str):
+        return mask_token(value)
+    if isinstance(value, str):
+        return _mask_text(value)
+    if isinstance(value, Mapping):
+        return {k: _mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask_value(key, item) for item in value]
+    return value
+
+
+def mask_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask tokens and passwords in every field of the event."""
+    for key, value in event_dict.items():
+        event_dict[key] = _mask_value(key, value)
+    return event_dict
+
+
+def _orjson_dumps(obj: Any, default: Any = None) -> str:
+    return orjson.dumps(obj, default=default or str).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "console") -> None:
+    """Send structlog and standard-library logging through one masked renderer on stderr."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_secrets,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    numeric_level = getattr(logging, level.upper())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # The libraries below narrate every packet at INFO; their warnings and errors are enough.
+    # aiosqlite logs every statement with its parameters (tokens) at DEBUG: never below WARNING.
+    for noisy in ("aiohttp.access", "engineio.server", "socketio.server", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(max(numeric_level, logging.WARNING))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A logger for one module: ``get_logger(__name__)``."""
+    return structlog.get_logger(name)

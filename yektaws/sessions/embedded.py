@@ -1,0 +1,114 @@
+"""Sessions in a SQLite file of the gateway's own: the default when ``DATABASE_URL`` is empty.
+
+It makes ``yektaws serve`` work on a fresh machine (create a token with ``yektaws sessions
+create``, connect with it) and keeps the same table and the same expiry rule as PostgreSQL, with
+UTC wall-clock timestamps stored as ISO text. aiosqlite runs SQLite on a thread of its own, so a
+slow disk never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from yektaws.sessions import Session, StoreUnavailable, new_token
+from yektaws.sessions.schema import SQLITE_SESSIONS_TABLE
+from yektaws.settings import Settings
+
+__all__ = ["EmbeddedStore"]
+
+_NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+class EmbeddedStore:
+    """A :class:`~yektaws.sessions.SessionStore` in one SQLite file, created on first start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._path = Path(settings.embedded_db_path)
+        self._db: aiosqlite.Connection | None = None
+        self.description = f"embedded sqlite {self._path.resolve()}"
+
+    async def open(self) -> None:
+        try:
+            self._db = await aiosqlite.connect(self._path)
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            await self._db.execute(SQLITE_SESSIONS_TABLE)
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._db is None:
+            raise StoreUnavailable("session store is not open")
+        try:
+            yield self._db
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"sqlite: {exc}") from exc
+
+    async def lookup(self, token: str) -> Session | None:
+        async with self._connection() as db:
+            cursor = await db.execute(
+                "SELECT user_id, is_logged_in FROM sessions "
+                f"WHERE token = ? AND expires_at > {_NOW}",
+                (token,),
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        user_id, is_logged_in = row
+        return Session(
+            token=token,
+            user_id=None if user_id is None else str(user_id),
+            is_logged_in=bool(is_logged_in),
+        )
+
+    async def valid_tokens(self, tokens: list[str]) -> set[str]:
+        if not tokens:
+            return set()
+        marks = ",".join("?" * len(tokens))
+        async with self._connection() as db:
+            cursor = await db.execute(
+                f"SELECT token FROM sessions WHERE token IN ({marks}) AND expires_at > {_NOW}",
+                tokens,
+            )
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def ping(self) -> None:
+        async with self._connection() as db:
+            await db.execute("SELECT 1")
+
+    async def touch(self, tokens: list[str]) -> None:
+        if not tokens:
+            return
+        marks = ",".join("?" * len(tokens))
+        async with self._connection() as db:
+            await db.execute(
+                f"UPDATE sessions SET last_activity_at = {_NOW} WHERE token IN ({marks})", tokens
+            )
+            await db.commit()
+
+    async def create(self, *, user_id: int | None, logged_in: bool, ttl_seconds: int) -> str:
+        token = new_token()
+        async with self._connection() as db:
+            await db.execute(
+                "INSERT INTO sessions (token, user_id, is_logged_in, expires_at) VALUES "
+                "(?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || ? || ' seconds'))",
+                (token, user_id, logged_in, ttl_seconds),
+            )
+            await db.commit()
+        return token
+
+    async def init_schema(self) -> None:
+        async with self._connection() as db:
+            await db.execute(SQLITE_SESSIONS_TABLE)
+            await db.commit()

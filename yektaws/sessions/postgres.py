@@ -1,0 +1,129 @@
+"""Sessions in the YektaYar PostgreSQL database, through an aiopg connection pool.
+
+The table is the API's (see :mod:`yektaws.sessions.schema`): timestamps *without* time zone, holding
+wall-clock times in ``SESSION_TIMEZONE`` (UTC for the YektaYar API). Expiry is therefore compared as
+``expires_at > (NOW() AT TIME ZONE <zone>)``: a plain ``expires_at > NOW()`` would reinterpret the
+stored wall clock in the database session's ``TimeZone`` and expire sessions hours early or late
+wherever that is not UTC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiopg
+import psycopg2
+
+from yektaws.sessions import Session, StoreUnavailable, new_token
+from yektaws.sessions.schema import POSTGRES_SESSIONS_TABLE
+from yektaws.settings import Settings
+
+__all__ = ["PostgresStore", "describe_url"]
+
+_LOOKUP = (
+    "SELECT user_id, is_logged_in FROM sessions "
+    "WHERE token = %s AND expires_at > (NOW() AT TIME ZONE %s)"
+)
+_VALID_TOKENS = (
+    "SELECT token FROM sessions WHERE token = ANY(%s) AND expires_at > (NOW() AT TIME ZONE %s)"
+)
+_TOUCH = "UPDATE sessions SET last_activity_at = (NOW() AT TIME ZONE %s) WHERE token = ANY(%s)"
+_CREATE = (
+    "INSERT INTO sessions (token, user_id, is_logged_in, metadata, created_at, expires_at, "
+    "last_activity_at) VALUES (%s, %s, %s, '{}'::jsonb, (NOW() AT TIME ZONE %s), "
+    "(NOW() AT TIME ZONE %s) + make_interval(secs => %s), (NOW() AT TIME ZONE %s))"
+)
+
+
+def describe_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresStore:
+    """A :class:`~yektaws.sessions.SessionStore` over aiopg."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._url = settings.database_url
+        self._pool_size = settings.database_pool_size
+        self._timeout = settings.session_store_timeout
+        self._zone = settings.session_timezone
+        self._pool: aiopg.Pool | None = None
+        self.description = f"postgresql {describe_url(self._url)}"
+
+    async def open(self) -> None:
+        # minsize=0: a database that is down at start must not stop the gateway from starting;
+        # /ready reports it and connects fail with 503 until it answers.
+        self._pool = await aiopg.create_pool(
+            self._url,
+            minsize=0,
+            maxsize=self._pool_size,
+            timeout=self._timeout,
+            pool_recycle=300,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            await self._pool.wait_closed()
+            self._pool = None
+
+    @asynccontextmanager
+    async def _cursor(self) -> AsyncIterator[Any]:
+        """A cursor on a pooled connection; every failure becomes :class:`StoreUnavailable`."""
+        if self._pool is None:
+            raise StoreUnavailable("session store is not open")
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._pool.acquire() as conn, conn.cursor() as cursor:
+                    yield cursor
+        except (psycopg2.Error, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
+
+    async def lookup(self, token: str) -> Session | None:
+        async with self._cursor() as cursor:
+            await cursor.execute(_LOOKUP, (token, self._zone))
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        user_id, is_logged_in = row
+        return Session(
+            token=token,
+            user_id=None if user_id is None else str(user_id),
+            is_logged_in=bool(is_logged_in),
+        )
+
+    async def valid_tokens(self, tokens: list[str]) -> set[str]:
+        async with self._cursor() as cursor:
+            await cursor.execute(_VALID_TOKENS, (tokens, self._zone))
+            return {row[0] for row in await cursor.fetchall()}
+
+    async def ping(self) -> None:
+        async with self._cursor() as cursor:
+            await cursor.execute("SELECT 1")
+            await cursor.fetchone()
+
+    async def touch(self, tokens: list[str]) -> None:
+        async with self._cursor() as cursor:
+            await cursor.execute(_TOUCH, (self._zone, tokens))
+
+    async def create(self, *, user_id: int | None, logged_in: bool, ttl_seconds: int) -> str:
+        token = new_token()
+        zone = self._zone
+        async with self._cursor() as cursor:
+            await cursor.execute(
+                _CREATE, (token, user_id, logged_in, zone, zone, ttl_seconds, zone)
+            )
+        return token
+
+    async def init_schema(self) -> None:
+        async with self._cursor() as cursor:
+            await cursor.execute(POSTGRES_SESSIONS_TABLE)

@@ -1,0 +1,1 @@
+"""The two transports: native RFC 6455 WebSocket, and Socket.IO (python-socketio)."""

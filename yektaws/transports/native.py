@@ -1,0 +1,229 @@
+"""The native transport: plain RFC 6455 WebSocket clients (browsers, wscat, aiohttp, websockets).
+
+The handshake is checked before anything is upgraded (HTTP/1.1, ``Sec-WebSocket-Version: 13``,
+``Origin``, then :class:`~yektaws.admission.Admission`); a refusal is an ordinary HTTP response
+with a status and a one-line text, so ``wscat`` and browsers show why.
+
+After the upgrade, frames are JSON objects ``{"event", "data", "id"?}`` (CONTRACT section 3):
+decoded once with orjson, handed to the dispatcher, and the reply encoded once and written as a
+text frame. Limits, all from settings:
+
+- a message over ``MAX_MESSAGE_SIZE`` closes with 1009, enforced by aiohttp's reader before the
+  message is buffered (and after decompression, if compression is on);
+- a peer that does not answer pings within half of ``HEARTBEAT_INTERVAL`` is closed;
+- a client whose unread output exceeds ``MAX_OUTBOUND_BUFFER`` is closed with 1013: writes never
+  wait for a slow reader, so nothing else (an AI stream, a push to a room) waits for it either;
+- server shutdown closes with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.http import HttpVersion11
+
+from yektaws.admission import Rejection
+from yektaws.auth import NATIVE_SUBPROTOCOL, native_credentials
+from yektaws.connection import CloseReason, Connection
+from yektaws.dispatcher import Reply
+from yektaws.forwarded import client_view
+
+if TYPE_CHECKING:
+    from yektaws.gateway import Gateway
+
+__all__ = ["NativeConnection", "NativeTransport", "decode_frame"]
+
+# How long a close handshake may take before the TCP connection is simply dropped.
+_CLOSE_TIMEOUT = 2.0
+
+
+class FrameError(ValueError):
+    """The frame is not a JSON object with an event."""
+
+
+def decode_frame(payload: str | bytes) -> tuple[Any, Any, str | int | None]:
+    """``(event, data, id)`` from a frame's payload, or :class:`FrameError`.
+
+    ``event`` is returned as found (possibly missing or not a string): telling an unknown event
+    apart from a broken frame is the dispatcher's job.
+    """
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("not JSON") from exc
+    if not isinstance(message, dict):
+        raise FrameError("not a JSON object")
+    frame_id = message.get("id")
+    if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
+        raise FrameError("id must be a string or a number")
+    return message.get("event"), message.get("data"), frame_id
+
+
+def encode_frame(event: str, data: Any, frame_id: str | int | None = None) -> bytes:
+    if frame_id is None:
+        return orjson.dumps({"event": event, "data": data})
+    return orjson.dumps({"event": event, "data": data, "id": frame_id})
+
+
+class NativeConnection(Connection):
+    """A :class:`~yektaws.connection.Connection` over an aiohttp ``WebSocketResponse``."""
+
+    protocol = "native-websocket"
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        *,
+        max_outbound: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._ws = ws
+        self._transport = transport
+        self._max_outbound = max_outbound
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+
+    @property
+    def transport(self) -> str:
+        return "websocket"
+
+    async def emit(self, event: str, data: Any) -> None:
+        await self.send_raw(encode_frame(event, data))
+
+    async def reply(self, reply: Reply, frame_id: str | int | None) -> None:
+        await self.send_raw(encode_frame(reply.event, reply.data, frame_id))
+
+    async def send_raw(self, frame: bytes) -> None:
+        """Write one encoded text frame, or close the connection if the client has fallen behind."""
+        if self.closed or self._transport.is_closing():
+            return
+        if self._transport.get_write_buffer_size() + len(frame) > self._max_outbound:
+            await self.close(CloseReason.TOO_SLOW)
+            return
+        await self._ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def close(self, reason: CloseReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code, self.close_reason = reason.code, reason.text
+        # The close runs on its own: the caller may be the reader itself (rate limit) or an emitter
+        # that must not wait for a client that is not reading.
+        asyncio.get_running_loop().create_task(self._close(reason))
+
+    async def _close(self, reason: CloseReason) -> None:
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._ws.close(code=reason.code, message=reason.text.encode())
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._transport.abort()
+
+
+class NativeTransport:
+    """Accepts native WebSocket handshakes and runs each connection's read loop."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        settings = gateway.settings
+        self._heartbeat = settings.heartbeat_interval
+        self._max_message = settings.max_message_size
+        self._max_outbound = settings.max_outbound_buffer
+        self._compress = settings.websocket_compression
+        self._trusted = settings.trusted_proxies
+        self._rate = settings.rate_limit_per_second
+        self._burst = settings.rate_limit_burst
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The endpoint for every native upgrade request, whatever its path."""
+        gateway = self._gateway
+        if request.version != HttpVersion11:
+            return _refuse(400, "WebSocket requires HTTP/1.1")
+        if request.headers.get("Sec-WebSocket-Version", "").strip() != "13":
+            return _refuse(426, "Unsupported WebSocket version", {"Sec-WebSocket-Version": "13"})
+        client = client_view(request, self._trusted)
+        credentials = native_credentials(request)
+        try:
+            gateway.admission.check_origin(request.headers.get("Origin"))
+            session = await gateway.admission.admit(token=credentials.token, peer=client.address)
+        except Rejection as rejection:
+            refusal = rejection.refusal
+            gateway.rejected(NativeConnection.protocol, client.address, refusal.reason)
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            return _refuse(refusal.status, refusal.message, headers)
+
+        transport = request.transport
+        if transport is None:  # the client is already gone
+            return _refuse(400, "Connection closed")
+        ws = web.WebSocketResponse(
+            protocols=(NATIVE_SUBPROTOCOL,) if credentials.via_subprotocol else (),
+            heartbeat=self._heartbeat,
+            max_msg_size=self._max_message,
+            compress=self._compress,
+        )
+        conn = NativeConnection(
+            ws,
+            transport,
+            max_outbound=self._max_outbound,
+            socket_id=uuid.uuid4().hex[:20],
+            session=session,
+            peer=client.address,
+            events_per_second=self._rate,
+            event_burst=self._burst,
+        )
+        # Registered before the upgrade completes so that the per-owner cap counts it at once.
+        gateway.hub.add(conn)
+        try:
+            await ws.prepare(request)
+            # Let the transport buffer up to our own limit before it pushes back, so sends never
+            # wait: a client that falls that far behind is closed instead.
+            transport.set_write_buffer_limits(high=self._max_outbound)
+            await gateway.accepted(conn, transport="websocket")
+            await self._read_loop(conn, ws)
+        finally:
+            conn.closed = True
+            code = conn.close_code or ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
+            gateway.released(conn, code=int(code), reason=conn.close_reason or _close_text(ws))
+        return ws
+
+    async def _read_loop(self, conn: NativeConnection, ws: web.WebSocketResponse) -> None:
+        dispatcher = self._gateway.dispatcher
+        while not conn.closed:
+            message = await ws.receive()
+            kind = message.type
+            if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                try:
+                    event, data, frame_id = decode_frame(message.data)
+                except FrameError:
+                    reply = await dispatcher.refuse_frame(conn)
+                    frame_id = None
+                else:
+                    reply = await dispatcher.dispatch(conn, event, data)
+                if reply is not None:
+                    await conn.reply(reply, frame_id)
+            elif kind is WSMsgType.ERROR:
+                # aiohttp has already sent the close frame (1009 for an oversize message).
+                if getattr(ws.exception(), "code", None) == CloseReason.TOO_BIG.code:
+                    conn.close_code, conn.close_reason = CloseReason.TOO_BIG.value
+                return
+            else:  # CLOSE, CLOSING, CLOSED
+                return
+
+
+def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text, headers=headers)
+
+
+def _close_text(ws: web.WebSocketResponse) -> str:
+    if ws.close_code == WSCloseCode.OK:
+        return "client closed"
+    if ws.close_code is None:
+        return "connection lost"
+    return f"closed with {ws.close_code}"
