@@ -18,8 +18,8 @@ Values may be quoted (shell rules). Tests that cannot put a directive in the mes
 :attr:`FakeModel.default`; a directive overrides it key by key. Without either, the answer is
 three chunks ``"chunk-0 "``, ``"chunk-1 "``, ``"chunk-2 "`` with no delay.
 
-Every request with a JSON body is recorded in :attr:`FakeModel.requests`, with events telling whether the
-client hung up before the answer was over.
+Every request with a JSON body is recorded in :attr:`FakeModel.requests`, with events telling
+whether the client hung up before the answer was over.
 
 Run standalone for manual testing::
 
