@@ -5,17 +5,16 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import socketio
-
 from support.gateway import Gateway
 
 
 async def test_native_and_socketio_echo_on_one_port(gateway: Gateway, make_token) -> None:
     token = make_token(user_id=7, logged_in=True)
-    async with aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{gateway.ws_url}/ws?token={token}") as ws:
-            assert (await ws.receive_json())["event"] == "connected"
-            await ws.send_str(orjson.dumps({"event": "echo", "data": {"x": 1}}).decode())
-            native = await ws.receive_json()
+    url = f"{gateway.ws_url}/ws?token={token}"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        assert (await ws.receive_json())["event"] == "connected"
+        await ws.send_str(orjson.dumps({"event": "echo", "data": {"x": 1}}).decode())
+        native = await ws.receive_json()
     client = socketio.AsyncClient()
     try:
         await client.connect(gateway.http_url, auth={"token": token}, transports=["websocket"])
