@@ -5,16 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from support.database import insert_session, temporary_database
+
+from support.database import answers, configured_server_url, insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
+from support.postgres import PostgresCluster
 
 MakeToken = Callable[..., str]
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server: ``TEST_DATABASE_URL`` if it answers, else a throwaway one."""
+    configured = configured_server_url()
+    if answers(configured):
+        yield configured
+        return
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this run, with the API's ``sessions`` table."""
-    with temporary_database() as url:
+    with temporary_database(postgres_server) as url:
         yield url
 
 

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from fake_model import FakeModel
 
+from fake_model import FakeModel
 from yektaws.ai import AIError, ChatClient, language_for, system_prompt
 from yektaws.ai.sse import EventTooLarge, SSEDecoder
 

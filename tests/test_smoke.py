@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import orjson
 import socketio
+
 from support.gateway import Gateway
 
 

@@ -1,7 +1,8 @@
 """A PostgreSQL database of the test run's own, with the ``sessions`` table as the API has it.
 
-``TEST_DATABASE_URL`` names the server (default: the local one, trust auth); each run creates a
-fresh database there and drops it afterwards, so runs never see each other's sessions.
+``TEST_DATABASE_URL`` names the server (default: the local one, trust auth); when nothing answers
+there, the suite starts a throwaway server (:mod:`support.postgres`). Each run creates a fresh
+database on it and drops it afterwards, so runs never see each other's sessions.
 """
 
 from __future__ import annotations
@@ -16,37 +17,58 @@ import psycopg2
 
 from yektaws.sessions.schema import POSTGRES_SESSIONS_TABLE
 
-__all__ = ["admin_url", "insert_session", "temporary_database"]
+__all__ = [
+    "answers",
+    "configured_server_url",
+    "delete_session",
+    "insert_session",
+    "temporary_database",
+]
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def admin_url() -> str:
+def configured_server_url() -> str:
     return os.environ.get("TEST_DATABASE_URL", DEFAULT_SERVER_URL)
+
+
+def answers(url: str) -> bool:
+    """Whether a PostgreSQL server accepts connections at ``url`` right now."""
+    try:
+        psycopg2.connect(url, connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
 
 
 def _with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
-@contextmanager
-def temporary_database() -> Iterator[str]:
-    """Create a database with the sessions table; yield its URL; drop it."""
-    server = admin_url()
-    name = f"yektaws_test_{secrets.token_hex(4)}"
+def _admin(server: str, statement: str) -> None:
+    # A connection per statement: the server may have been restarted in between (outage tests).
     admin = psycopg2.connect(server)
     admin.autocommit = True
     try:
         with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
+            cursor.execute(statement)
+    finally:
+        admin.close()
+
+
+@contextmanager
+def temporary_database(server: str) -> Iterator[str]:
+    """Create a database with the sessions table on ``server``; yield its URL; drop it."""
+    name = f"yektaws_test_{secrets.token_hex(4)}"
+    _admin(server, f'CREATE DATABASE "{name}"')
+    try:
         url = _with_database(server, name)
         with psycopg2.connect(url) as conn, conn.cursor() as cursor:
             cursor.execute(POSTGRES_SESSIONS_TABLE)
+        conn.close()
         yield url
     finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def insert_session(

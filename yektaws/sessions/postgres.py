@@ -10,13 +10,10 @@ wherever that is not UTC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiopg
-import psycopg2
 
 from yektaws.sessions import Session, StoreUnavailable, new_token
 from yektaws.sessions.schema import POSTGRES_SESSIONS_TABLE
@@ -76,22 +73,41 @@ class PostgresStore:
             await self._pool.wait_closed()
             self._pool = None
 
-    @asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[Any]:
-        """A cursor on a pooled connection; every failure becomes :class:`StoreUnavailable`."""
+    async def _execute(self, sql: str, params: tuple[Any, ...] = (), fetch: str = "") -> Any:
+        """Run one statement; ``fetch`` is ``"one"``, ``"all"`` or nothing.
+
+        After a database restart the pool's idle connections are dead, and the first statement on
+        each would fail. One failure therefore empties the idle pool and tries once more on a
+        fresh connection, so a recovered database is usable at the very next handshake.
+        """
+        try:
+            return await self._execute_once(sql, params, fetch)
+        except StoreUnavailable:
+            if self._pool is None:
+                raise
+            await self._pool.clear()
+            return await self._execute_once(sql, params, fetch)
+
+    async def _execute_once(self, sql: str, params: tuple[Any, ...], fetch: str) -> Any:
         if self._pool is None:
             raise StoreUnavailable("session store is not open")
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._pool.acquire() as conn, conn.cursor() as cursor:
-                    yield cursor
-        except (psycopg2.Error, OSError, TimeoutError) as exc:
+                    await cursor.execute(sql, params)
+                    if fetch == "one":
+                        return await cursor.fetchone()
+                    if fetch == "all":
+                        return await cursor.fetchall()
+                    return None
+        except Exception as exc:
+            # Any failure here means "cannot answer now", never "no such token": psycopg2 errors,
+            # timeouts, and the odd RuntimeError aiopg raises under uvloop while the server is
+            # refusing connections (a reused file descriptor).
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
 
     async def lookup(self, token: str) -> Session | None:
-        async with self._cursor() as cursor:
-            await cursor.execute(_LOOKUP, (token, self._zone))
-            row = await cursor.fetchone()
+        row = await self._execute(_LOOKUP, (token, self._zone), "one")
         if row is None:
             return None
         user_id, is_logged_in = row
@@ -102,28 +118,20 @@ class PostgresStore:
         )
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
-        async with self._cursor() as cursor:
-            await cursor.execute(_VALID_TOKENS, (tokens, self._zone))
-            return {row[0] for row in await cursor.fetchall()}
+        rows = await self._execute(_VALID_TOKENS, (tokens, self._zone), "all")
+        return {row[0] for row in rows}
 
     async def ping(self) -> None:
-        async with self._cursor() as cursor:
-            await cursor.execute("SELECT 1")
-            await cursor.fetchone()
+        await self._execute("SELECT 1", (), "one")
 
     async def touch(self, tokens: list[str]) -> None:
-        async with self._cursor() as cursor:
-            await cursor.execute(_TOUCH, (self._zone, tokens))
+        await self._execute(_TOUCH, (self._zone, tokens))
 
     async def create(self, *, user_id: int | None, logged_in: bool, ttl_seconds: int) -> str:
         token = new_token()
         zone = self._zone
-        async with self._cursor() as cursor:
-            await cursor.execute(
-                _CREATE, (token, user_id, logged_in, zone, zone, ttl_seconds, zone)
-            )
+        await self._execute(_CREATE, (token, user_id, logged_in, zone, zone, ttl_seconds, zone))
         return token
 
     async def init_schema(self) -> None:
-        async with self._cursor() as cursor:
-            await cursor.execute(POSTGRES_SESSIONS_TABLE)
+        await self._execute(POSTGRES_SESSIONS_TABLE)
