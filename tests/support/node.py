@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -37,23 +41,41 @@ def run_js_client(options: dict[str, Any], timeout: float = 20.0) -> dict[str, A
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def wscat(url: str, execute: str, wait: float = 1.0, *extra: str) -> str:
-    """Run wscat as the README tells users to, sending one message; return what it printed."""
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def wscat(url: str, execute: str, wait: float = 1.0, *extra: str) -> list[dict[str, Any]]:
+    """Run wscat as the README tells users to, sending one message; return the frames it printed.
+
+    wscat prints what it receives only to a terminal, so it runs on a pseudo-terminal here.
+    """
     _require_node()
-    result = subprocess.run(
-        [
-            str(JS_DIR / "node_modules" / ".bin" / "wscat"),
-            "-c",
-            url,
-            "-x",
-            execute,
-            "-w",
-            str(wait),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    return result.stdout + result.stderr
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [
+                str(JS_DIR / "node_modules" / ".bin" / "wscat"),
+                "--no-color",
+                "-c",
+                url,
+                "-x",
+                execute,
+                "-w",
+                str(wait),
+                *extra,
+            ],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            close_fds=True,
+        )
+        process.wait(timeout=30)
+    finally:
+        os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal's other side is gone
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    os.close(controller)
+    text = _ANSI.sub("", output.decode(errors="replace"))
+    return [json.loads(match) for match in re.findall(r"\{.*\}", text)]

@@ -1,0 +1,99 @@
+"""Logs: one line per connect, reject and disconnect, and never a session token."""
+
+from __future__ import annotations
+
+import contextlib
+
+import aiohttp
+import socketio
+
+from support.clients import NativeClient, SocketIOClient, connect
+from support.gateway import start_gateway
+from yektaws.logging import mask_secrets, mask_token
+
+
+async def test_no_issued_token_reaches_the_log_even_at_debug(database_url: str, make_token):
+    gateway = start_gateway({"DATABASE_URL": database_url, "LOG_LEVEL": "debug"})
+    tokens = [make_token(user_id=n, logged_in=True) for n in range(6)]
+    expired = make_token(user_id=99, ttl_seconds=-1)
+    try:
+        async with await NativeClient.open(f"{gateway.ws_url}/ws?token={tokens[0]}") as client:
+            await client.request("status")
+        headers = {"Authorization": f"Bearer {tokens[1]}"}
+        async with await NativeClient.open(f"{gateway.ws_url}/x", headers=headers) as client:
+            await client.request("info")
+        protocols = ("yektaws.v1", f"bearer.{tokens[2]}")
+        async with await NativeClient.open(f"{gateway.ws_url}/ws", protocols=protocols) as client:
+            await client.expect("connected")
+        async with await SocketIOClient.open(
+            gateway.http_url, token=tokens[3], transports=["polling"]
+        ) as client:
+            await client.call("status")
+        async with await SocketIOClient.open(f"{gateway.http_url}?token={tokens[4]}") as client:
+            await client.call("echo", {"token": tokens[5]})
+        async with aiohttp.ClientSession() as http:
+            async with http.get(
+                f"{gateway.http_url}/ws?token={expired}",
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                },
+            ) as response:
+                assert response.status == 401
+            async with http.get(f"{gateway.http_url}/nope?token={tokens[0]}") as response:
+                assert response.status == 404
+        bad = socketio.AsyncClient(reconnection=False)
+        with contextlib.suppress(socketio.exceptions.ConnectionError):
+            await bad.connect(gateway.http_url, auth={"token": expired}, wait_timeout=3)
+        await bad.disconnect()
+    finally:
+        assert gateway.stop() == 0
+    text = gateway.log_text()
+    for token in [*tokens, expired]:
+        assert token not in text
+    assert "connect" in {entry["event"] for entry in gateway.logs()}
+
+
+async def test_one_line_per_connect_reject_disconnect(gateway, make_token) -> None:
+    token = make_token(user_id=31, logged_in=True)
+    async with await connect("native-websocket", gateway.http_url, token) as client:
+        connected = await client.expect("connected")
+    line = gateway.wait_for_log("connect", socketId=connected["socketId"])
+    assert line["protocol"] == "native-websocket"
+    assert line["userId"] == "31"
+    assert line["peer"] == "127.0.0.1"
+    gone = gateway.wait_for_log("disconnect", socketId=connected["socketId"])
+    assert gone["reason"] == "client closed"
+    assert gone["code"] == 1000
+    async with aiohttp.ClientSession() as http:
+        await http.get(
+            f"{gateway.http_url}/ws",
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+    assert gateway.wait_for_log("reject", reason="no_token")["protocol"] == "native-websocket"
+
+
+def test_masking_processor_covers_every_place_a_token_hides() -> None:
+    token = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_abcde"
+    event = {
+        "event": f"GET /ws?token={token}&x=1",
+        "headers": {
+            "Authorization": f"Bearer {token}",
+            "Sec-WebSocket-Protocol": f"yektaws.v1, bearer.{token}",
+        },
+        "token": token,
+        "nested": [{"sessionToken": token}],
+        "url": "postgresql://app:pw123456@db/x",
+    }
+    masked = str(mask_secrets(None, "info", event))
+    assert token not in masked
+    assert "pw123456" not in masked
+    assert mask_token(token) in masked
+    assert mask_token(token) == "***bcde"
