@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from yektaws import __version__
+from yektaws.guards import header_deadline_factory
 from yektaws.logging import configure_logging, get_logger
 from yektaws.sessions import StoreUnavailable, open_store
 from yektaws.settings import Settings, SettingsError, env_example, load_settings, markdown_table
@@ -146,9 +147,15 @@ async def _serve(settings: Settings) -> int:
     except StoreUnavailable as exc:
         print(f"yektaws: session store unusable: {exc}", file=sys.stderr)
         return 1
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024)
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        server = await loop.create_server(
+            header_deadline_factory(runner.server, settings.handshake_timeout),
+            settings.host,
+            settings.port,
+            backlog=1024,
+            reuse_address=True,
+        )
     except OSError as exc:
         await runner.cleanup()
         print(
@@ -164,11 +171,12 @@ async def _serve(settings: Settings) -> int:
         version=__version__,
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("stopping")
+    server.close()
     with contextlib.suppress(asyncio.CancelledError):
         await runner.cleanup()
+        await server.wait_closed()
     return 0

@@ -11,6 +11,8 @@ text frame. Limits, all from settings:
 - a message over ``MAX_MESSAGE_SIZE`` closes with 1009, enforced by aiohttp's reader before the
   message is buffered (and after decompression, if compression is on);
 - a peer that does not answer pings within half of ``HEARTBEAT_INTERVAL`` is closed;
+- an unmasked client frame fails the connection with 1002 (RFC 6455 section 5.1), see
+  :mod:`yektaws.guards`;
 - a client whose unread output exceeds ``MAX_OUTBOUND_BUFFER`` is closed with 1013: writes never
   wait for a slow reader, so nothing else (an AI stream, a push to a room) waits for it either;
 - server shutdown closes with 1001.
@@ -31,6 +33,7 @@ from yektaws.auth import NATIVE_SUBPROTOCOL, native_credentials
 from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import Reply
 from yektaws.forwarded import client_view
+from yektaws.guards import GuardedWebSocketResponse
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -162,7 +165,7 @@ class NativeTransport:
         transport = request.transport
         if transport is None:  # the client is already gone
             return _refuse(400, "Connection closed")
-        ws = web.WebSocketResponse(
+        ws = GuardedWebSocketResponse(
             protocols=(NATIVE_SUBPROTOCOL,) if credentials.via_subprotocol else (),
             heartbeat=self._heartbeat,
             max_msg_size=self._max_message,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import socketio
 from aiohttp import web
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
@@ -34,6 +35,7 @@ from yektaws.auth import socketio_token
 from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
+from yektaws.guards import GuardedWebSocketResponse
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -59,6 +61,27 @@ class _OrjsonCodec:
     @staticmethod
     def loads(text: str | bytes, **_options: Any) -> Any:
         return orjson.loads(text)
+
+
+class _EngineIOWebSocket(engineio_aiohttp.WebSocket):
+    """python-engineio's aiohttp WebSocket, with our limits.
+
+    The stock one accepts permessage-deflate (aiohttp's default) and unmasked client frames; this
+    one negotiates compression only when ``WEBSOCKET_COMPRESSION`` is on and fails unmasked frames,
+    exactly like the native transport.
+    """
+
+    compress = False
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = GuardedWebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
 
 
 class SocketIOConnection(Connection):
@@ -151,6 +174,11 @@ class SocketIOTransport:
             logger=False,
             engineio_logger=False,
         )
+        websocket_class = type(
+            "EngineIOWebSocket", (_EngineIOWebSocket,), {"compress": settings.websocket_compression}
+        )
+        # The driver table is shared by every server of the process: replace it, do not mutate it.
+        self.server.eio._async = {**self.server.eio._async, "websocket": websocket_class}
         self.server.on("connect", self._on_connect, namespace="*")
         self.server.on("disconnect", self._on_disconnect, namespace="*")
         self.server.on("*", self._on_event, namespace="*")
