@@ -53,3 +53,18 @@ def gateway(database_url: str) -> Iterator[Gateway]:
     process = start_gateway({"DATABASE_URL": database_url})
     yield process
     process.stop()
+
+
+@pytest.fixture
+def gateway_factory(database_url: str) -> Iterator[Callable[..., Gateway]]:
+    """``gateway_factory(**env) -> Gateway``: a gateway with extra settings, stopped afterwards."""
+    started: list[Gateway] = []
+
+    def start(**env: str) -> Gateway:
+        process = start_gateway({"DATABASE_URL": database_url, **env})
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -117,6 +117,8 @@ def start_gateway(
         "EMBEDDED_DB_PATH": str(workdir / "sessions.db"),
         "AI_BASE_URL": "",
         "PYTHONUNBUFFERED": "1",
+        # The gateway under test is this checkout's, whatever the venv's editable install says.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **(env or {}),
     }
     command = [sys.executable, "-m", "yektaws", "serve", "--host", "127.0.0.1", "--port", str(port)]

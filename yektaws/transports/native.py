@@ -197,11 +197,16 @@ class NativeTransport:
         return ws
 
     async def _read_loop(self, conn: NativeConnection, ws: web.WebSocketResponse) -> None:
+        # Reads until aiohttp reports the close, even after the server decided to close: the
+        # close frame (1008, 1013, 4001...) is sent by another task, and returning from the
+        # handler before it went out would make aiohttp close with 1000 instead.
         dispatcher = self._gateway.dispatcher
-        while not conn.closed:
+        while True:
             message = await ws.receive()
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                if conn.closed:
+                    continue  # closing: what the client still sends is not answered
                 try:
                     event, data, frame_id = decode_frame(message.data)
                 except FrameError:
