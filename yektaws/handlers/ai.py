@@ -21,12 +21,17 @@ Decisions a client can rely on:
 - Malformed ``data`` is a ``bad_request`` ``error`` event naming the field, like every other
   event's (CONTRACT section 3); it produces no ``ai:response:error``, because no answer was begun.
 - ``conversationHistory`` items are objects with ``role`` ``"user"`` or ``"assistant"`` and a
-  string ``content``; other keys are ignored (apps keep timestamps there), any other role or
+  string ``content``; other keys (a timestamp, say) are ignored, any other role or
   shape is refused. Only the last :data:`HISTORY_TURNS` are sent upstream. Their size is bounded by
   the frame limit (``MAX_MESSAGE_SIZE``), the whole request's.
 - ``ai:cancel {messageId}`` stops that answer and is answered with ``ai:response:error`` code
   ``cancelled``; after it, nothing more is sent for that ``messageId``. An id that is not
   streaming (never was, or already finished) is a ``bad_request``.
+- ``code`` is one of ``upstream_refused`` (the model's API answered 4xx), ``upstream_failed``
+  (5xx, unreachable, or not a chat stream), ``timeout`` (no data for ``AI_TIMEOUT`` seconds),
+  ``stream_cut`` (ended mid-answer, after the chunks already sent), ``ai_disabled``,
+  ``too_many_streams`` (``AI_MAX_CONCURRENT_PER_CONNECTION`` reached), ``cancelled`` and
+  ``internal_error`` (a bug here).
 - ``retryable`` says whether sending the same request again may work: false for a refusal the
   upstream will repeat (a 4xx other than 429), for AI chat being off and for a cancelled answer.
 
@@ -251,11 +256,6 @@ class AIChat:
     @property
     def enabled(self) -> bool:
         return bool(self._settings.ai_base_url)
-
-    @property
-    def streaming(self) -> int:
-        """Answers in progress in the whole process."""
-        return sum(len(answers) for answers in self._answers.values())
 
     async def start(self) -> None:
         """Open the upstream HTTP session (nothing when AI chat is off)."""
