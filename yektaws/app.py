@@ -13,7 +13,7 @@ from aiohttp import web
 
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
-from yektaws.handlers import build_dispatcher
+from yektaws.handlers import AIChat, build_dispatcher
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.middleware import upgrade_middleware
 from yektaws.sessions import SessionStore, open_store
@@ -24,11 +24,13 @@ from yektaws.transports.socketio import SocketIOTransport
 __all__ = ["GATEWAY_KEY", "create_app"]
 
 SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
+AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 
 
 def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
     """The whole gateway as one aiohttp application (the store is opened at startup)."""
-    gateway = Gateway(settings, store or open_store(settings), build_dispatcher(settings))
+    ai_chat = AIChat(settings)
+    gateway = Gateway(settings, store or open_store(settings), build_dispatcher(settings, ai_chat))
     native = NativeTransport(gateway)
     socketio = SocketIOTransport(gateway)
     app = web.Application(
@@ -37,6 +39,7 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
     )
     app[GATEWAY_KEY] = gateway
     app[SOCKETIO_KEY] = socketio
+    app[AI_CHAT_KEY] = ai_chat
     add_routes(app, settings.websocket_path)
     app.on_startup.append(_start)
     app.on_shutdown.append(_close_connections)
@@ -48,6 +51,7 @@ async def _start(app: web.Application) -> None:
     gateway = app[GATEWAY_KEY]
     await gateway.store.open()
     gateway.authenticator.start()
+    await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
 
 
 async def _close_connections(app: web.Application) -> None:
@@ -59,5 +63,6 @@ async def _close_connections(app: web.Application) -> None:
 async def _stop(app: web.Application) -> None:
     gateway = app[GATEWAY_KEY]
     await app[SOCKETIO_KEY].shutdown()
+    await app[AI_CHAT_KEY].stop()
     await gateway.authenticator.stop()
     await gateway.store.close()

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 from yektaws.dispatcher import Dispatcher
 from yektaws.handlers import system
+from yektaws.handlers.ai import AIChat
 from yektaws.settings import Settings
 
-__all__ = ["build_dispatcher"]
+__all__ = ["AIChat", "build_dispatcher"]
 
 
-def build_dispatcher(settings: Settings) -> Dispatcher:
+def build_dispatcher(settings: Settings, ai_chat: AIChat) -> Dispatcher:
+    """The dispatcher with every event registered; ``ai_chat`` is started and stopped by the app."""
     dispatcher = Dispatcher(rate_limit_strikes=settings.rate_limit_strikes)
     features = {
         "socketio": True,
         "nativeWebSocket": True,
         "authentication": True,
-        "aiChat": bool(settings.ai_base_url),
+        "aiChat": ai_chat.enabled,
         "streaming": True,
     }
     system.register(dispatcher, features=features)
+    ai_chat.register(dispatcher)
     return dispatcher

@@ -1,0 +1,394 @@
+"""AI chat: ``ai:chat`` streams a model's answer to the client, ``ai:cancel`` stops one.
+
+One ``ai:chat`` request becomes, on both protocols (CONTRACT section 4)::
+
+    ai:response:start    {messageId}
+    ai:response:chunk    {messageId, chunk}           one per piece of text, as it arrives
+    ai:response:complete {messageId, fullResponse}    fullResponse == the chunks joined
+ or ai:response:error    {messageId, error, code, retryable}
+
+``ai:response:start`` means an upstream request is being made. A request refused before that
+(AI chat turned off, too many answers already streaming on the connection) gets only the
+``ai:response:error``. A failure after some chunks were sent ends the answer with the error; it is
+never followed by ``complete``, and no canned text ever stands in for a model's answer.
+
+Decisions a client can rely on:
+
+- ``messageId``: the client may name its request with ``data.messageId`` (a string of at most
+  :data:`MAX_MESSAGE_ID_CHARS` letters, digits, ``_``, ``-``, ``.`` or ``:``, not already
+  streaming on the connection); that is the only way to match an ``ai:response:start`` to one of
+  several requests in flight. Without one, the server makes one up (32 hex digits).
+- Malformed ``data`` is a ``bad_request`` ``error`` event naming the field, like every other
+  event's (CONTRACT section 3); it produces no ``ai:response:error``, because no answer was begun.
+- ``conversationHistory`` items are objects with ``role`` ``"user"`` or ``"assistant"`` and a
+  string ``content``; other keys (a timestamp, say) are ignored, any other role or
+  shape is refused. Only the last :data:`HISTORY_TURNS` are sent upstream. Their size is bounded by
+  the frame limit (``MAX_MESSAGE_SIZE``), the whole request's.
+- ``ai:cancel {messageId}`` stops that answer and is answered with ``ai:response:error`` code
+  ``cancelled``; after it, nothing more is sent for that ``messageId``. An id that is not
+  streaming (never was, or already finished) is a ``bad_request``.
+- ``code`` is one of ``upstream_refused`` (the model's API answered 4xx), ``upstream_failed``
+  (5xx, unreachable, or not a chat stream), ``timeout`` (no data for ``AI_TIMEOUT`` seconds),
+  ``stream_cut`` (ended mid-answer, after the chunks already sent), ``ai_disabled``,
+  ``too_many_streams`` (``AI_MAX_CONCURRENT_PER_CONNECTION`` reached), ``cancelled`` and
+  ``internal_error`` (a bug here).
+- ``retryable`` says whether sending the same request again may work: false for a refusal the
+  upstream will repeat (a 4xx other than 429), for AI chat being off and for a cancelled answer.
+
+Each answer writes one log line, ``ai_chat``, with its ``messageId``, model, language, outcome,
+chunk count, time to first chunk and total time. The conversation's text is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from yektaws.ai import AIError, ChatClient, Language, language_for, system_prompt
+from yektaws.connection import Connection
+from yektaws.dispatcher import BadRequest, Dispatcher, Reply
+from yektaws.logging import get_logger
+from yektaws.settings import Settings
+
+__all__ = [
+    "HISTORY_TURNS",
+    "MAX_MESSAGE_CHARS",
+    "MAX_MESSAGE_ID_CHARS",
+    "MAX_UPSTREAM_CONNECTIONS",
+    "AIChat",
+    "ChatRequest",
+    "parse_cancel",
+    "parse_request",
+]
+
+log = get_logger("yektaws.ai")
+
+#: Longest ``message`` a client may send, in characters (the contract's bound).
+MAX_MESSAGE_CHARS = 2000
+#: How many of the most recent ``conversationHistory`` items are sent upstream.
+HISTORY_TURNS = 10
+#: Longest client-chosen ``messageId``. It is echoed in every event and written to logs, hence
+#: the bound and the plain alphabet.
+MAX_MESSAGE_ID_CHARS = 64
+#: Upstream HTTP connections the whole process may hold. A request beyond it waits for a free
+#: one for at most ``AI_TIMEOUT`` and then ends as a ``timeout``.
+MAX_UPSTREAM_CONNECTIONS = 100
+
+_MESSAGE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_MESSAGE_ID_CHARS}}}")
+_HISTORY_ROLES = frozenset({"user", "assistant"})
+
+#: The ``code`` of an ``ai:response:error``: the client's failures (:class:`AIError` codes) and
+#: the gateway's own.
+FailureCode = Literal[
+    "upstream_refused",
+    "upstream_failed",
+    "timeout",
+    "stream_cut",
+    "ai_disabled",
+    "too_many_streams",
+    "cancelled",
+    "internal_error",
+]
+
+#: The ``error`` text of each failure, fit to show the user as it is.
+_ERROR_TEXTS: dict[FailureCode, dict[Language, str]] = {
+    "upstream_refused": {
+        "fa": "دستیار هوش مصنوعی نتوانست به این پیام پاسخ دهد.",
+        "en": "The AI assistant could not answer this message.",
+    },
+    "upstream_failed": {
+        "fa": "پاسخ‌گویی هوش مصنوعی در حال حاضر ممکن نیست. لطفاً کمی بعد دوباره تلاش کنید.",
+        "en": "The AI assistant is not available right now. Please try again in a little while.",
+    },
+    "timeout": {
+        "fa": "پاسخ هوش مصنوعی بیش از حد طول کشید. لطفاً دوباره تلاش کنید.",
+        "en": "The AI assistant took too long to answer. Please try again.",
+    },
+    "stream_cut": {
+        "fa": "پاسخ پیش از کامل شدن قطع شد. لطفاً دوباره تلاش کنید.",
+        "en": "The answer was interrupted before it was complete. Please try again.",
+    },
+    "ai_disabled": {
+        "fa": "گفت‌وگو با هوش مصنوعی روی این سرور فعال نیست.",
+        "en": "AI chat is turned off on this server.",
+    },
+    "too_many_streams": {
+        "fa": "لطفاً صبر کنید تا پاسخ‌های قبلی کامل شوند، سپس دوباره بپرسید.",
+        "en": "Please wait for the previous answers to finish, then ask again.",
+    },
+    "cancelled": {
+        "fa": "پاسخ متوقف شد.",
+        "en": "The answer was stopped.",
+    },
+    "internal_error": {
+        "fa": "مشکلی پیش آمد. لطفاً دوباره تلاش کنید.",
+        "en": "Something went wrong. Please try again.",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A validated ``ai:chat`` request."""
+
+    message: str
+    #: At most :data:`HISTORY_TURNS` ``{role, content}`` items, oldest first.
+    history: list[dict[str, str]]
+    language: Language
+    #: The client's ``messageId``, if it chose one.
+    message_id: str | None
+
+    def messages(self) -> list[dict[str, str]]:
+        """What is sent upstream: the language's system prompt, the history, the message."""
+        return [
+            {"role": "system", "content": system_prompt(self.language)},
+            *self.history,
+            {"role": "user", "content": self.message},
+        ]
+
+
+def parse_request(data: Any) -> ChatRequest:
+    """Validate ``ai:chat`` data; raise :class:`BadRequest` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise BadRequest("data must be an object with a 'message' string")
+    message = data.get("message")
+    if not isinstance(message, str) or not message.strip():
+        raise BadRequest("message must be a non-empty string")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise BadRequest(f"message must be at most {MAX_MESSAGE_CHARS} characters")
+    locale = data.get("locale")
+    if locale is not None and not isinstance(locale, str):
+        raise BadRequest("locale must be a string such as 'fa' or 'en'")
+    return ChatRequest(
+        message=message,
+        history=_parse_history(data.get("conversationHistory")),
+        language=language_for(locale),
+        message_id=None if data.get("messageId") is None else _message_id(data["messageId"]),
+    )
+
+
+def parse_cancel(data: Any) -> str:
+    """Validate ``ai:cancel`` data; return its ``messageId``."""
+    if not isinstance(data, dict):
+        raise BadRequest("data must be an object with a 'messageId' string")
+    return _message_id(data.get("messageId"))
+
+
+def _parse_history(history: Any) -> list[dict[str, str]]:
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise BadRequest("conversationHistory must be a list of {role, content} objects")
+    turns = []
+    for index, item in enumerate(history):
+        if not isinstance(item, dict):
+            raise BadRequest(f"conversationHistory[{index}] must be a {{role, content}} object")
+        role, content = item.get("role"), item.get("content")
+        if role not in _HISTORY_ROLES:
+            raise BadRequest(f"conversationHistory[{index}].role must be 'user' or 'assistant'")
+        if not isinstance(content, str):
+            raise BadRequest(f"conversationHistory[{index}].content must be a string")
+        turns.append({"role": role, "content": content})
+    return turns[-HISTORY_TURNS:]
+
+
+def _message_id(value: Any) -> str:
+    if not isinstance(value, str) or not _MESSAGE_ID.fullmatch(value):
+        raise BadRequest(
+            f"messageId must be 1 to {MAX_MESSAGE_ID_CHARS} letters, digits or _ - . :"
+        )
+    return value
+
+
+@dataclass(slots=True)
+class _Answer:
+    """One answer streaming to one connection: what ``ai:cancel`` needs, and what is logged."""
+
+    message_id: str
+    language: Language
+    task: asyncio.Task[Any]
+    started: float = field(default_factory=time.monotonic)
+    first_chunk_after: float | None = None
+    chunks: int = 0
+    #: Set by ``ai:cancel`` before it cancels :attr:`task`.
+    cancel_requested: bool = False
+
+
+def _error_data(answer: _Answer, code: FailureCode, *, retryable: bool) -> dict[str, Any]:
+    """The ``ai:response:error`` data for ``answer``, its text in the answer's language."""
+    return {
+        "messageId": answer.message_id,
+        "error": _ERROR_TEXTS[code][answer.language],
+        "code": code,
+        "retryable": retryable,
+    }
+
+
+class AIChat:
+    """The ``ai:chat`` and ``ai:cancel`` handlers, and the upstream HTTP session they share.
+
+    :meth:`start` (at application startup) opens the one :class:`aiohttp.ClientSession` the
+    process uses upstream and :meth:`stop` (at cleanup) closes it. With ``AI_BASE_URL`` empty,
+    nothing is opened and every ``ai:chat`` is answered with ``ai_disabled``.
+
+    Answers run as tasks of their connection (``concurrent=True``), so a connection that ends
+    cancels them, which closes their upstream requests at once. At most
+    ``AI_MAX_CONCURRENT_PER_CONNECTION`` of them run per connection; the count is kept here, not
+    taken from the connection's tasks, which other handlers may start too.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._max_per_connection = settings.ai_max_concurrent_per_connection
+        self._session: aiohttp.ClientSession | None = None
+        self._client: ChatClient | None = None
+        #: Connection id -> messageId -> the answer streaming there. Holds only connections with
+        #: an answer in progress.
+        self._answers: dict[str, dict[str, _Answer]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._settings.ai_base_url)
+
+    async def start(self) -> None:
+        """Open the upstream HTTP session (nothing when AI chat is off)."""
+        if not self.enabled or self._session is not None:
+            return
+        settings = self._settings
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS)
+        )
+        self._client = ChatClient(
+            base_url=settings.ai_base_url,
+            model=settings.ai_model,
+            api_key=settings.ai_api_key or None,
+            timeout=settings.ai_timeout,
+            session=self._session,
+        )
+
+    async def stop(self) -> None:
+        """Close the upstream HTTP session (and with it any request still open)."""
+        session, self._session, self._client = self._session, None, None
+        if session is not None:
+            await session.close()
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        dispatcher.on("ai:chat", concurrent=True)(self.chat)
+        dispatcher.on("ai:cancel")(self.cancel)
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    async def chat(self, conn: Connection, data: Any) -> None:
+        """Stream one answer to ``conn`` (runs as a task of its own)."""
+        request = parse_request(data)
+        answers = self._answers.get(conn.id, {})
+        if request.message_id is not None and request.message_id in answers:
+            raise BadRequest("messageId is already streaming on this connection")
+        task = asyncio.current_task()
+        assert task is not None  # the dispatcher runs concurrent handlers as tasks
+        answer = _Answer(request.message_id or uuid.uuid4().hex, request.language, task)
+        client = self._client
+        if client is None:
+            await self._refuse(conn, answer, "ai_disabled", retryable=False)
+            return
+        if len(answers) >= self._max_per_connection:
+            await self._refuse(conn, answer, "too_many_streams", retryable=True)
+            return
+        # No await between the count above and this: the cap cannot be overrun.
+        self._answers.setdefault(conn.id, {})[answer.message_id] = answer
+        outcome = "internal_error"
+        try:
+            outcome = await self._stream(conn, client, request, answer)
+        except asyncio.CancelledError:
+            outcome = "cancelled" if answer.cancel_requested else "disconnected"
+            raise
+        finally:
+            self._forget(conn, answer)
+            self._log(conn, answer, outcome)
+
+    async def cancel(self, conn: Connection, data: Any) -> Reply:
+        """Stop the answer named by ``messageId``; reply with its ``cancelled`` error."""
+        message_id = parse_cancel(data)
+        answer = self._answers.get(conn.id, {}).get(message_id)
+        if answer is None:
+            raise BadRequest("messageId is not streaming on this connection")
+        answer.cancel_requested = True
+        answer.task.cancel()
+        # Let the answer's task unwind first, so that the reply is the last word on it.
+        await asyncio.wait({answer.task})
+        return Reply("ai:response:error", _error_data(answer, "cancelled", retryable=False))
+
+    # -- one answer -------------------------------------------------------------------------------
+
+    async def _stream(
+        self, conn: Connection, client: ChatClient, request: ChatRequest, answer: _Answer
+    ) -> str:
+        """Send the answer's events; return its outcome (``complete`` or a failure code)."""
+        message_id = answer.message_id
+        await conn.emit("ai:response:start", {"messageId": message_id})
+        pieces: list[str] = []
+        failure: tuple[FailureCode, bool] | None = None  # (code, retryable)
+        try:
+            async with contextlib.aclosing(client.stream(request.messages())) as stream:
+                async for piece in stream:
+                    if conn.closed:
+                        # Closed, but the transport has not cancelled this task yet: stop now,
+                        # which closes the upstream request.
+                        return "disconnected"
+                    if answer.first_chunk_after is None:
+                        answer.first_chunk_after = time.monotonic() - answer.started
+                    answer.chunks += 1
+                    pieces.append(piece)
+                    await conn.emit("ai:response:chunk", {"messageId": message_id, "chunk": piece})
+        except AIError as exc:
+            failure = (exc.code, exc.retryable)
+        except Exception:
+            log.exception("ai_chat_failed", messageId=message_id, socketId=conn.id)
+            failure = ("internal_error", True)
+        # Over, one way or the other: no longer cancellable, so `ai:cancel` can never answer
+        # after the last event below.
+        self._forget(conn, answer)
+        if failure is not None:
+            code, retryable = failure
+            await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+            return code
+        await conn.emit(
+            "ai:response:complete", {"messageId": message_id, "fullResponse": "".join(pieces)}
+        )
+        return "complete"
+
+    async def _refuse(
+        self, conn: Connection, answer: _Answer, code: FailureCode, *, retryable: bool
+    ) -> None:
+        """Answer a request that is not streamed at all: only its error event, and the log."""
+        await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+        self._log(conn, answer, code)
+
+    def _forget(self, conn: Connection, answer: _Answer) -> None:
+        answers = self._answers.get(conn.id)
+        if answers is None or answers.get(answer.message_id) is not answer:
+            return
+        del answers[answer.message_id]
+        if not answers:
+            del self._answers[conn.id]
+
+    def _log(self, conn: Connection, answer: _Answer, outcome: str) -> None:
+        first = answer.first_chunk_after
+        log.info(
+            "ai_chat",
+            messageId=answer.message_id,
+            socketId=conn.id,
+            model=self._settings.ai_model,
+            language=answer.language,
+            outcome=outcome,
+            chunks=answer.chunks,
+            firstChunkMs=None if first is None else round(first * 1000),
+            totalMs=round((time.monotonic() - answer.started) * 1000),
+        )
