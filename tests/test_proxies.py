@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 import socketio
+
 from support.gateway import Gateway, start_gateway
 from support.proxies import (
     REPO,
@@ -288,14 +289,6 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def connect_entry(gateway: Gateway, socket_id: str) -> dict[str, Any] | None:
-    """The gateway's `connect` log line for ``socket_id``, if written yet."""
-    for entry in gateway.logs():
-        if entry.get("event") == "connect" and entry.get("socketId") == socket_id:
-            return entry
-    return None
-
-
 @pytest.mark.parametrize("path", ["/ws", "/socket.io"])
 @pytest.mark.parametrize("mode", list(SOCKETIO_MODES))
 async def test_socketio_echo(
@@ -346,10 +339,9 @@ async def test_gateway_logs_client_address_from_forwarded_for(
         greeting, _, _ = await native_echo(
             session, url, headers={"X-Forwarded-For": SPOOFED_ADDRESS}
         )
-    socket_id = greeting["data"]["socketId"]
-    await wait_until(lambda: connect_entry(gateway, socket_id) is not None, "connect log")
+    logged = gateway.wait_for_log("connect", socketId=greeting["data"]["socketId"])
 
-    assert connect_entry(gateway, socket_id)["peer"] == CLIENT_ADDRESS  # type: ignore[index]
+    assert logged["peer"] == CLIENT_ADDRESS
 
 
 async def test_access_log_holds_no_token(

@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
+from support.gateway import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: Production values in the shipped files that a test run replaces.
@@ -61,13 +63,6 @@ def substitute(text: str, replacements: Mapping[str, str], *, source: Path) -> s
             raise RenderError(f"{source}: expected production value {old!r} not found")
         text = text.replace(old, new)
     return text
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
