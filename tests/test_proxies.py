@@ -1,8 +1,10 @@
 """The shipped reverse-proxy sites (nginx/, apache/, caddy/) and scripts/install-proxy.
 
 The configurations are checked by each server's own validator, as shipped with only ports,
-addresses and certificate and log paths replaced (tests/support/proxies.py); the installer is
-run against a scratch root directory.
+addresses and certificate and log paths replaced (tests/support/proxies.py), and then run: the
+real nginx, Apache and Caddy, unprivileged on loopback with a throwaway self-signed certificate,
+in front of the real gateway, with real WebSocket and Socket.IO clients. The installer is run
+against a scratch root directory.
 """
 
 from __future__ import annotations
@@ -54,12 +56,16 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> TlsPair:
     return make_self_signed(tmp_path_factory.mktemp("tls"))
 
 
-@pytest.fixture(params=SERVERS, ids=lambda server: server.name)
-def server_class(request: pytest.FixtureRequest) -> type[ProxyServer]:
-    server: type[ProxyServer] = request.param
+def require(server: type[ProxyServer]) -> type[ProxyServer]:
+    """``server``, or a skip naming the script that installs it."""
     if not server.available():
         pytest.skip(f"{server.binary} is not installed (scripts/ensure-proxies installs it)")
     return server
+
+
+@pytest.fixture(params=SERVERS, ids=lambda server: server.name)
+def server_class(request: pytest.FixtureRequest) -> type[ProxyServer]:
+    return require(request.param)
 
 
 def test_validator_accepts_shipped_config(
@@ -230,9 +236,7 @@ def proxy(
     tls_pair: TlsPair,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ProxyServer]:
-    server_class: type[ProxyServer] = request.param
-    if not server_class.available():
-        pytest.skip(f"{server_class.binary} is not installed (scripts/ensure-proxies)")
+    server_class = require(request.param)
     root = tmp_path_factory.mktemp(server_class.name)
     with server_class(root, gateway_port=gateway.port, tls=tls_pair) as server:
         yield server
@@ -435,8 +439,7 @@ async def test_idle_connection_outlives_default_proxy_timeout(
     tls_pair: TlsPair,
     tmp_path: Path,
 ) -> None:
-    if not server_class.available():
-        pytest.skip(f"{server_class.binary} is not installed (scripts/ensure-proxies)")
+    require(server_class)
     beat = str(SLOW_HEARTBEAT_SECONDS)
     gateway = start_gateway(
         gateway_env(database_url, HEARTBEAT_INTERVAL=beat, SOCKETIO_PING_INTERVAL=beat)

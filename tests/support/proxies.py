@@ -137,9 +137,9 @@ class ProxyServer(abc.ABC):
         return f"wss://127.0.0.1:{self.https_port}"
 
     @property
-    @abc.abstractmethod
     def access_log(self) -> Path:
-        """The access log the shipped site file writes, as rendered."""
+        """The access log the shipped site file writes, as rendered (same name in all three)."""
+        return self.logs / f"{SITE}.access.log"
 
     @abc.abstractmethod
     def render(self) -> Path:
@@ -233,10 +233,6 @@ class Nginx(ProxyServer):
     name = "nginx"
     binary = "nginx"
 
-    @property
-    def access_log(self) -> Path:
-        return self.logs / f"{SITE}.access.log"
-
     def render(self) -> Path:
         site = self._render_file(
             f"nginx/{SITE}.conf",
@@ -293,10 +289,6 @@ class Apache(ProxyServer):
 
     name = "apache"
     binary = "apache2"
-
-    @property
-    def access_log(self) -> Path:
-        return self.logs / f"{SITE}.access.log"
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "APACHE_LOG_DIR": str(self.logs)}
@@ -361,10 +353,6 @@ class Caddy(ProxyServer):
 
     name = "caddy"
     binary = "caddy"
-
-    @property
-    def access_log(self) -> Path:
-        return self.logs / f"{SITE}.access.log"
 
     def env(self) -> dict[str, str]:
         return {
