@@ -15,6 +15,7 @@ from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
+from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
 from yektaws.sessions import SessionStore, open_store
 from yektaws.settings import Settings
@@ -29,8 +30,10 @@ AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 
 def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
     """The whole gateway as one aiohttp application (the store is opened at startup)."""
-    ai_chat = AIChat(settings)
-    gateway = Gateway(settings, store or open_store(settings), build_dispatcher(settings, ai_chat))
+    metrics = Metrics()
+    ai_chat = AIChat(settings, metrics)
+    dispatcher = build_dispatcher(settings, ai_chat, metrics)
+    gateway = Gateway(settings, store or open_store(settings), dispatcher, metrics)
     native = NativeTransport(gateway)
     socketio = SocketIOTransport(gateway)
     app = web.Application(
@@ -48,21 +51,19 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
 
 
 async def _start(app: web.Application) -> None:
-    gateway = app[GATEWAY_KEY]
-    await gateway.store.open()
-    gateway.authenticator.start()
+    await app[GATEWAY_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
 
 
 async def _close_connections(app: web.Application) -> None:
+    # Normally the drain (yektaws.drain) has closed everything already; this is the backstop
+    # for an application stopped without one (tests, embedding).
     gateway = app[GATEWAY_KEY]
     gateway.draining = True
     await gateway.close_all(CloseReason.GOING_AWAY)
 
 
 async def _stop(app: web.Application) -> None:
-    gateway = app[GATEWAY_KEY]
     await app[SOCKETIO_KEY].shutdown()
     await app[AI_CHAT_KEY].stop()
-    await gateway.authenticator.stop()
-    await gateway.store.close()
+    await app[GATEWAY_KEY].stop()

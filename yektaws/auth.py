@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from yektaws.logging import get_logger
+from yektaws.metrics import Metrics
 from yektaws.ratelimit import TokenBucket
 from yektaws.sessions import Session, SessionStore, StoreUnavailable
 
@@ -173,8 +174,10 @@ class Authenticator:
         cache_ttl: float,
         cache_size: int,
         touch_interval: float,
+        metrics: Metrics,
     ) -> None:
         self.store = store
+        self._metrics = metrics
         self._lookups = TokenBucket(lookups_per_second, burst=max(1.0, lookups_per_second))
         self._wait_limit = wait_limit
         self._cache = _PositiveCache(cache_ttl, cache_size)
@@ -200,7 +203,14 @@ class Authenticator:
         if session is None:
             if not await self._lookups.take(self._wait_limit):
                 raise HandshakeBusy
-            session = await self.store.lookup(token)
+            started = time.perf_counter()
+            try:
+                session = await self.store.lookup(token)
+            except StoreUnavailable:
+                self._metrics.store_errors.inc()
+                raise
+            finally:
+                self._metrics.store_seconds.observe(time.perf_counter() - started)
             if session is None:
                 raise InvalidToken
             self._cache.put(session)

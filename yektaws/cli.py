@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import re
-import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from yektaws import __version__
-from yektaws.guards import header_deadline_factory
 from yektaws.logging import configure_logging, get_logger
 from yektaws.sessions import StoreUnavailable, open_store
 from yektaws.settings import Settings, SettingsError, env_example, load_settings, markdown_table
@@ -91,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if command == "serve":
-        return _run(_serve(settings))
+        from yektaws.server import serve  # the other commands need none of the server
+
+        return _run(serve(settings))
     if command == "sessions":
         return _run(_create_session(settings, args.user_id, args.logged_in, args.ttl))
     return _run(_init_db(settings))
@@ -132,51 +129,4 @@ async def _init_db(settings: Settings) -> int:
     finally:
         await store.close()
     print(f"sessions table ready in {store.description}")
-    return 0
-
-
-async def _serve(settings: Settings) -> int:
-    from yektaws.app import GATEWAY_KEY, create_app  # the other commands need none of it
-
-    app = create_app(settings)
-    # access_log=None: aiohttp's access log would record `?token=`; connections are logged by
-    # the gateway itself, with tokens masked.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
-    try:
-        await runner.setup()
-    except StoreUnavailable as exc:
-        print(f"yektaws: session store unusable: {exc}", file=sys.stderr)
-        return 1
-    loop = asyncio.get_running_loop()
-    try:
-        server = await loop.create_server(
-            header_deadline_factory(runner.server, settings.handshake_timeout),
-            settings.host,
-            settings.port,
-            backlog=1024,
-            reuse_address=True,
-        )
-    except OSError as exc:
-        await runner.cleanup()
-        print(
-            f"yektaws: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    gateway = app[GATEWAY_KEY]
-    log.info(
-        "listening",
-        address=f"http://{settings.host}:{settings.port}",
-        sessionStore=gateway.store.description,
-        version=__version__,
-    )
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    server.close()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner.cleanup()
-        await server.wait_closed()
     return 0

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from yektaws.logging import get_logger, mask_token
+from yektaws.metrics import Metrics
 from yektaws.ratelimit import TokenBucket
 from yektaws.sessions import Session
 
@@ -59,6 +60,7 @@ class Connection(ABC):
         peer: str,
         events_per_second: float,
         event_burst: int,
+        metrics: Metrics,
     ) -> None:
         self.id = socket_id
         self.session = session
@@ -69,6 +71,7 @@ class Connection(ABC):
         #: Events refused for rate in a row; reset by the next accepted event.
         self.rate_strikes = 0
         self.closed = False
+        self._metrics = metrics
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- who ---------------------------------------------------------------------------------
@@ -96,9 +99,16 @@ class Connection(ABC):
 
     # -- sending -----------------------------------------------------------------------------
 
-    @abstractmethod
     async def emit(self, event: str, data: Any) -> None:
         """Send ``event`` with ``data``. Never waits on a slow client: one too slow is closed."""
+        if self.closed:
+            return
+        self._metrics.event_out(event)
+        await self._send_event(event, data)
+
+    @abstractmethod
+    async def _send_event(self, event: str, data: Any) -> None:
+        """The transport's way of sending one event."""
 
     @abstractmethod
     async def close(self, reason: CloseReason) -> None:

@@ -14,12 +14,14 @@ into an error reply instead of a closed connection.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from yektaws.connection import CloseReason, Connection
 from yektaws.logging import get_logger
+from yektaws.metrics import Metrics
 
 __all__ = ["BadRequest", "Dispatcher", "ErrorCode", "Handler", "Reply"]
 
@@ -67,10 +69,11 @@ class _Route:
 class Dispatcher:
     """Routes ``{"event", "data"}`` pairs from any transport to the handler registered for them."""
 
-    def __init__(self, *, rate_limit_strikes: int) -> None:
+    def __init__(self, *, rate_limit_strikes: int, metrics: Metrics) -> None:
         self._routes: dict[str, _Route] = {}
         self._on_connect: list[ConnectHook] = []
         self._strikes_allowed = rate_limit_strikes
+        self._metrics = metrics
 
     # -- registration --------------------------------------------------------------------------
 
@@ -118,12 +121,17 @@ class Dispatcher:
             return refused
         route = self._routes.get(event) if isinstance(event, str) else None
         if route is None:
+            self._metrics.event_in("unknown")  # never the client's string: labels stay bounded
             name = event if isinstance(event, str) and event else "undefined"
             return error_reply(ErrorCode.UNKNOWN_EVENT, f"Unknown event type: {name}")
+        self._metrics.event_in(event)
         if route.concurrent:
             conn.start_task(self._run_detached(route.handler, conn, event, data))
             return None
-        return await self._run(route.handler, conn, event, data)
+        started = time.perf_counter()
+        reply = await self._run(route.handler, conn, event, data)
+        self._metrics.handler_time(event, time.perf_counter() - started)
+        return reply
 
     async def refuse_frame(self, conn: Connection) -> Reply | None:
         """The answer to a frame that is not an event at all (charged like an event)."""

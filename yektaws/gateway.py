@@ -8,6 +8,7 @@ a connection ended (:meth:`Gateway.released`). Each writes exactly one log line.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from yektaws.admission import Admission, OriginPolicy
@@ -16,6 +17,7 @@ from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import Dispatcher
 from yektaws.hub import Hub
 from yektaws.logging import get_logger
+from yektaws.metrics import Metrics
 from yektaws.sessions import SessionStore
 from yektaws.settings import Settings
 
@@ -27,11 +29,19 @@ log = get_logger("yektaws.connections")
 class Gateway:
     """The protocol-neutral core that the transports are built on."""
 
-    def __init__(self, settings: Settings, store: SessionStore, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SessionStore,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.dispatcher = dispatcher
+        self.metrics = metrics
         self.hub = Hub()
+        metrics.count_open_connections(self.hub.count_by_protocol)
         self.origins = OriginPolicy(settings.cors_origin)
         self.authenticator = Authenticator(
             store,
@@ -40,8 +50,10 @@ class Gateway:
             cache_ttl=settings.session_cache_ttl,
             cache_size=settings.session_cache_size,
             touch_interval=settings.session_touch_interval,
+            metrics=metrics,
         )
         self.draining = False
+        self._background: list[asyncio.Task[None]] = []
         self.admission = Admission(
             authenticator=self.authenticator,
             hub=self.hub,
@@ -51,13 +63,31 @@ class Gateway:
             is_draining=lambda: self.draining,
         )
 
+    # -- start and stop ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start the background work (activity refresh, loop-lag probe)."""
+        await self.store.open()
+        self.authenticator.start()
+        self._background.append(asyncio.create_task(self.metrics.watch_loop_lag()))
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        await self.authenticator.stop()
+        await self.store.close()
+
     # -- a connection's life ---------------------------------------------------------------------
 
     def rejected(self, protocol: str, peer: str, reason: str) -> None:
+        self.metrics.rejects.labels(protocol, reason).inc()
         log.info("reject", protocol=protocol, peer=peer, reason=reason)
 
     async def accepted(self, conn: Connection, *, transport: str) -> None:
         """Log the new connection and greet it (the dispatcher's connect hooks)."""
+        self.metrics.connects.labels(conn.protocol).inc()
         log.info(
             "connect",
             socketId=conn.id,
@@ -72,6 +102,7 @@ class Gateway:
         """Forget an ended connection and stop the work it started."""
         self.hub.remove(conn)
         conn.cancel_tasks()
+        self.metrics.disconnects.labels(conn.protocol, str(code) if code else "none").inc()
         log.info(
             "disconnect",
             socketId=conn.id,

@@ -10,6 +10,7 @@ from yektaws import __version__
 from yektaws.forwarded import client_view
 from yektaws.gateway import Gateway
 from yektaws.handlers.system import SERVER_NAME
+from yektaws.metrics import CONTENT_TYPE
 from yektaws.sessions import StoreUnavailable
 
 __all__ = ["GATEWAY_KEY", "add_routes", "json_errors"]
@@ -77,12 +78,18 @@ async def ready(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def add_routes(app: web.Application, websocket_path: str) -> None:
     app.router.add_get("/", info)
     if websocket_path != "/":
         app.router.add_get(websocket_path, info)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
 
 
 @web.middleware

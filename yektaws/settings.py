@@ -366,6 +366,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Operations",
     ),
     Setting(
+        "DRAIN_SPREAD",
+        "2",
+        _positive_float,
+        "Seconds over which a drain spreads its closes, so that thousands of clients do not "
+        "reconnect elsewhere in the same millisecond.",
+        "Operations",
+    ),
+    Setting(
         "LOG_LEVEL",
         "info",
         _choice("debug", "info", "warning", "error"),
@@ -419,6 +427,7 @@ class Settings:
     ai_timeout: float
     ai_max_concurrent_per_connection: int
     drain_timeout: float
+    drain_spread: float
     log_level: str
     log_format: str
 

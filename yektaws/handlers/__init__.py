@@ -8,14 +8,15 @@ from __future__ import annotations
 from yektaws.dispatcher import Dispatcher
 from yektaws.handlers import system
 from yektaws.handlers.ai import AIChat
+from yektaws.metrics import Metrics
 from yektaws.settings import Settings
 
 __all__ = ["AIChat", "build_dispatcher"]
 
 
-def build_dispatcher(settings: Settings, ai_chat: AIChat) -> Dispatcher:
+def build_dispatcher(settings: Settings, ai_chat: AIChat, metrics: Metrics) -> Dispatcher:
     """The dispatcher with every event registered; ``ai_chat`` is started and stopped by the app."""
-    dispatcher = Dispatcher(rate_limit_strikes=settings.rate_limit_strikes)
+    dispatcher = Dispatcher(rate_limit_strikes=settings.rate_limit_strikes, metrics=metrics)
     features = {
         "socketio": True,
         "nativeWebSocket": True,

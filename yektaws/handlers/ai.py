@@ -55,6 +55,7 @@ from yektaws.ai import AIError, ChatClient, Language, language_for, system_promp
 from yektaws.connection import Connection
 from yektaws.dispatcher import BadRequest, Dispatcher, Reply
 from yektaws.logging import get_logger
+from yektaws.metrics import Metrics
 from yektaws.settings import Settings
 
 __all__ = [
@@ -244,8 +245,9 @@ class AIChat:
     taken from the connection's tasks, which other handlers may start too.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._max_per_connection = settings.ai_max_concurrent_per_connection
         self._session: aiohttp.ClientSession | None = None
         self._client: ChatClient | None = None
@@ -303,6 +305,7 @@ class AIChat:
             return
         # No await between the count above and this: the cap cannot be overrun.
         self._answers.setdefault(conn.id, {})[answer.message_id] = answer
+        self._metrics.ai_streams_active.inc()
         outcome = "internal_error"
         try:
             outcome = await self._stream(conn, client, request, answer)
@@ -310,6 +313,7 @@ class AIChat:
             outcome = "cancelled" if answer.cancel_requested else "disconnected"
             raise
         finally:
+            self._metrics.ai_streams_active.dec()
             self._forget(conn, answer)
             self._log(conn, answer, outcome)
 
@@ -380,7 +384,11 @@ class AIChat:
             del self._answers[conn.id]
 
     def _log(self, conn: Connection, answer: _Answer, outcome: str) -> None:
+        """The answer's one log line, and its metrics."""
         first = answer.first_chunk_after
+        self._metrics.ai_streams.labels(outcome).inc()
+        if first is not None:
+            self._metrics.ai_first_chunk_seconds.observe(first)
         log.info(
             "ai_chat",
             messageId=answer.message_id,

@@ -96,10 +96,14 @@ class NativeConnection(Connection):
     def transport(self) -> str:
         return "websocket"
 
-    async def emit(self, event: str, data: Any) -> None:
+    async def _send_event(self, event: str, data: Any) -> None:
         await self.send_raw(encode_frame(event, data))
 
     async def reply(self, reply: Reply, frame_id: str | int | None) -> None:
+        """Send the direct answer to a frame, carrying the frame's ``id`` when it had one."""
+        if self.closed:
+            return
+        self._metrics.event_out(reply.event)
         await self.send_raw(encode_frame(reply.event, reply.data, frame_id))
 
     async def send_raw(self, frame: bytes) -> None:
@@ -180,6 +184,7 @@ class NativeTransport:
             peer=client.address,
             events_per_second=self._rate,
             event_burst=self._burst,
+            metrics=gateway.metrics,
         )
         # Registered before the upgrade completes so that the per-owner cap counts it at once.
         gateway.hub.add(conn)

@@ -50,6 +50,10 @@ _NOMINAL_PACKET_BYTES = 1024
 _REFUSED_SESSION_GRACE = 1.0
 
 
+# Closes after which the client should come back (to another node): not its own fault.
+_RECONNECT_ELSEWHERE = frozenset({CloseReason.GOING_AWAY, CloseReason.TOO_SLOW})
+
+
 class _OrjsonCodec:
     """python-socketio's ``json`` hook: orjson behind the ``dumps``/``loads`` names it calls."""
 
@@ -110,9 +114,7 @@ class SocketIOConnection(Connection):
         socket = self._server.eio.sockets.get(self.eio_sid)
         return "websocket" if socket is not None and socket.upgraded else "polling"
 
-    async def emit(self, event: str, data: Any) -> None:
-        if self.closed:
-            return
+    async def _send_event(self, event: str, data: Any) -> None:
         socket = self._server.eio.sockets.get(self.eio_sid)
         if socket is None or socket.closed:
             return
@@ -133,11 +135,16 @@ class SocketIOConnection(Connection):
             await self.emit("session:expired", {"reason": reason.text})
         self.closed = True
         self.close_reason = reason.text
-        # Disconnecting runs on its own so that a caller inside this client's event handler
-        # (the rate limit) does not wait on its own read loop.
-        asyncio.get_running_loop().create_task(
-            self._server.disconnect(self.id, namespace=self.namespace)
-        )
+        if reason in _RECONNECT_ELSEWHERE:
+            # Ending the Engine.IO session reads as "transport close" to the client, which
+            # reconnects (to another node); a namespace disconnect reads as "io server
+            # disconnect", after which Socket.IO clients deliberately stay away.
+            closing = self._server.eio.disconnect(self.eio_sid)
+        else:
+            closing = self._server.disconnect(self.id, namespace=self.namespace)
+        # Runs on its own so that a caller inside this client's event handler (the rate limit)
+        # does not wait on its own read loop.
+        asyncio.get_running_loop().create_task(closing)
 
 
 class SocketIOTransport:
@@ -227,6 +234,7 @@ class SocketIOTransport:
             peer=client.address,
             events_per_second=self._rate,
             event_burst=self._burst,
+            metrics=self._gateway.metrics,
         )
         self._connections[sid] = conn
         self._joined[eio_sid] += 1
