@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+
 from fake_model import FakeModel, RecordedRequest
 from support.clients import ProtocolClient, connect
 from support.gateway import REPO, Gateway, start_gateway
-
 from yektaws.ai import system_prompt
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
