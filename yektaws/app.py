@@ -17,6 +17,7 @@ from yektaws.handlers import AIChat, build_dispatcher
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
+from yektaws.recheck import SessionRechecker
 from yektaws.sessions import SessionStore, open_store
 from yektaws.settings import Settings
 from yektaws.transports.native import NativeTransport
@@ -26,6 +27,7 @@ __all__ = ["GATEWAY_KEY", "create_app"]
 
 SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
 AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
+RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
 
 
 def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
@@ -43,6 +45,11 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
     app[GATEWAY_KEY] = gateway
     app[SOCKETIO_KEY] = socketio
     app[AI_CHAT_KEY] = ai_chat
+    app[RECHECK_KEY] = SessionRechecker(
+        gateway,
+        interval=settings.session_recheck_interval,
+        batch=settings.session_recheck_batch,
+    )
     add_routes(app, settings.websocket_path)
     app.on_startup.append(_start)
     app.on_shutdown.append(_close_connections)
@@ -53,6 +60,7 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
 async def _start(app: web.Application) -> None:
     await app[GATEWAY_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
+    app[RECHECK_KEY].start()
 
 
 async def _close_connections(app: web.Application) -> None:
@@ -64,6 +72,7 @@ async def _close_connections(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
+    await app[RECHECK_KEY].stop()
     await app[SOCKETIO_KEY].shutdown()
     await app[AI_CHAT_KEY].stop()
     await app[GATEWAY_KEY].stop()

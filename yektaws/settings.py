@@ -220,6 +220,21 @@ SETTINGS: tuple[Setting, ...] = (
         "handshake path).",
         "Sessions",
     ),
+    Setting(
+        "SESSION_RECHECK_INTERVAL",
+        "60",
+        _positive_float,
+        "Seconds between re-checks of the sessions behind open connections; an expired or "
+        "deleted one is closed (native 4001, Socket.IO `session:expired`).",
+        "Sessions",
+    ),
+    Setting(
+        "SESSION_RECHECK_BATCH",
+        "500",
+        _int_between(1, 100_000),
+        "Tokens re-checked per query, so a round costs connections / batch queries.",
+        "Sessions",
+    ),
     # -- limits -----------------------------------------------------------------------------------
     Setting(
         "MAX_MESSAGE_SIZE",
@@ -407,6 +422,8 @@ class Settings:
     session_cache_ttl: float
     session_cache_size: int
     session_touch_interval: float
+    session_recheck_interval: float
+    session_recheck_batch: int
     max_message_size: int
     max_outbound_buffer: int
     rate_limit_per_second: float
