@@ -379,6 +379,8 @@ static void start_close(struct conn *c) {
     c->st = CLOSING;
 }
 
+/* Connections are never freed: an epoll batch may still name one that was just closed, and a
+ * run allocates at most `conns` or `count` of them before the process exits. */
 static struct conn *open_conn(int idx) {
     struct conn *c = calloc(1, sizeof *c);
     if (!c)

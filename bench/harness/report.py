@@ -11,6 +11,9 @@ from .rows import AIOHTTP, NODE, Row
 
 # Client CPU above this share of its one core means the client may be what limits a figure.
 CLIENT_CPU_WARNING = 90.0
+# A server below this share of its core during echo was held back by something else than its
+# own work: the client, or other processes on the machine taking its CPU.
+SERVER_CPU_EXPECTED = 85.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,12 @@ def render(
             server_text = f"{statistics.median(server):.0f}" if server else "–"
             warn = " ⚠" if client > CLIENT_CPU_WARNING else ""
             cells.append(f"{server_text} / {client:.0f}{warn}")
+            if server and statistics.median(server) < SERVER_CPU_EXPECTED and not warn:
+                notes.append(
+                    f"⚠ {row.label}: the server used only {statistics.median(server):.0f}% of its "
+                    "core during the echo: other processes on the machine took CPU time, so "
+                    "its figures are low and noisy."
+                )
             if warn:
                 notes.append(
                     f"⚠ {row.label}: the load client used {client:.0f}% of its core; "
