@@ -1,0 +1,1 @@
+"""The machinery behind ``bench/run``: rows, processes, the database, measurements, the table."""
