@@ -58,13 +58,15 @@ async def connect_socketio(
     try:
         await asyncio.wait({connecting, refusal}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        connecting.cancel()  # refused, or our caller gave up; a no-op once it has finished
+        if not connecting.done():
+            # Refused, or our caller gave up. Closing the client's HTTP session ends a pending
+            # long-poll, and with it connect(); cancelling alone does not.
+            connecting.cancel()
+            await client.eio.disconnect(abort=True)
         with contextlib.suppress(socketio.exceptions.ConnectionError, asyncio.CancelledError):
             await connecting
-        if refusal.done() or connecting.cancelled() or connecting.exception() is not None:
-            # End the half-open session without waiting for its long-poll, and close the HTTP
-            # session that a failed connect() leaves open.
-            await client.eio.disconnect(abort=True)
+        if not connecting.cancelled() and connecting.exception() is not None:
+            await client.eio.disconnect(abort=True)  # the HTTP session a failed connect() leaves
     if refusal.done():
         raise Refused(refusal.result())
     refusal.cancel()
@@ -73,7 +75,9 @@ async def connect_socketio(
 
 async def disconnect_socketio(client: socketio.AsyncClient) -> None:
     """``client.disconnect()``, dropping the session if it takes over :data:`DISCONNECT_GRACE`."""
-    try:
-        await asyncio.wait_for(client.disconnect(), DISCONNECT_GRACE)
-    except TimeoutError:
+    disconnecting = asyncio.ensure_future(client.disconnect())
+    await asyncio.wait({disconnecting}, timeout=DISCONNECT_GRACE)
+    if not disconnecting.done():
+        # Cancelling would not end the long-poll it waits for; closing the HTTP session does.
         await client.eio.disconnect(abort=True)
+    await disconnecting
