@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.gateway import free_port
 from yektaws import systemd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -154,6 +158,91 @@ async def test_run_watchdog_pings_until_cancelled(listener: NotifyListener) -> N
 async def test_run_watchdog_rejects_a_zero_interval() -> None:
     with pytest.raises(ValueError):
         await systemd.run_watchdog(0)
+
+
+# --- the gateway's use of it ---------------------------------------------------------------
+
+#: Seconds the gateway may take from exec to READY=1 (imports, store, bind).
+START_TIMEOUT = 20.0
+#: WATCHDOG_USEC given to the gateway: pings every 0.25 s, so several fit in a short test.
+WATCHDOG_USEC = 500_000
+
+
+def _collect(listener: NotifyListener, seconds: float, until: str | None = None) -> list[list[str]]:
+    """The datagrams that arrive within ``seconds``, stopping after one that holds ``until``."""
+    deadline = time.monotonic() + seconds
+    received: list[list[str]] = []
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            listener.sock.settimeout(remaining)
+            received.append(listener.receive())
+            if until is not None and until in received[-1]:
+                break
+    except TimeoutError:
+        pass
+    finally:
+        listener.sock.settimeout(RECEIVE_TIMEOUT)
+    return received
+
+
+def _said(datagrams: list[list[str]], line: str) -> bool:
+    return any(line in datagram for datagram in datagrams)
+
+
+def _serves_http(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_gateway_notifies_ready_watchdog_and_stopping(
+    listener: NotifyListener, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    env = {
+        **os.environ,  # NOTIFY_SOCKET, set by the listener fixture
+        "PYTHONPATH": str(REPO),
+        "HOST": "127.0.0.1",
+        "WEBSOCKET_PORT": str(port),
+        "DATABASE_URL": "",
+        "EMBEDDED_DB_PATH": str(tmp_path / "sessions.db"),
+        "AI_BASE_URL": "",
+        "WATCHDOG_USEC": str(WATCHDOG_USEC),
+    }
+    # cwd: the gateway reads a .env from its working directory; a developer's must not count.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "yektaws", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    try:
+        before_ready = _collect(listener, START_TIMEOUT, until="READY=1")
+        if not _said(before_ready, "READY=1"):
+            if _serves_http(port):
+                pytest.skip("the gateway serves but sends no READY=1: yektaws.systemd not wired")
+            pytest.fail(f"the gateway neither served nor sent READY=1:\n{log.read_text()}")
+        # READY=1 means the listener is bound and the store answered: both must hold now.
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as ready:
+            assert ready.status == 200
+        assert not _said(before_ready, "STOPPING=1")
+
+        # Half the period is 0.25 s: within a second at least three pings, whatever else is said.
+        pings = _collect(listener, 1.0)
+        assert sum("WATCHDOG=1" in datagram for datagram in pings) >= 3, pings
+
+        server.send_signal(signal.SIGTERM)
+        assert _said(_collect(listener, RECEIVE_TIMEOUT, until="STOPPING=1"), "STOPPING=1")
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
 
 
 # --- the unit file -------------------------------------------------------------------------
