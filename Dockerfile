@@ -29,12 +29,14 @@ RUN groupadd --system --gid "${UID}" yektaws \
 COPY --from=build /opt/yektaws/.venv /opt/yektaws/.venv
 
 # Configuration comes from the environment at run time (docker run --env-file); nothing
-# secret is baked in. HOST=0.0.0.0 because a container's loopback is unreachable from outside.
+# secret is baked in. HOST=0.0.0.0 because a container's loopback is unreachable from outside;
+# JSON logs because log collectors read container output line by line.
 ENV PATH=/opt/yektaws/.venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
-    WEBSOCKET_PORT=3500
+    WEBSOCKET_PORT=3500 \
+    LOG_FORMAT=json
 
 # The embedded session database (used when DATABASE_URL is unset) lives here.
 WORKDIR /var/lib/yektaws

@@ -214,6 +214,7 @@ def test_image_runs_unprivileged_with_no_secrets(image: str) -> None:
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["HOST"] == "0.0.0.0"
     assert env["WEBSOCKET_PORT"] == "3500"
+    assert env["LOG_FORMAT"] == "json"
     assert not {"DATABASE_URL", "AI_API_KEY"} & env.keys()
     # The .env and database planted in the build context reached no layer.
     leaked = podman(
