@@ -17,12 +17,12 @@ import sys
 
 from aiohttp import web
 
-from yektaws import __version__
+from yektaws import __version__, systemd
 from yektaws.app import GATEWAY_KEY, create_app
 from yektaws.drain import drain
 from yektaws.guards import header_deadline_factory
 from yektaws.logging import get_logger
-from yektaws.sessions import StoreUnavailable
+from yektaws.sessions import SessionStore, StoreUnavailable
 from yektaws.settings import Settings
 
 __all__ = ["EXIT_FORCED", "serve"]
@@ -31,6 +31,9 @@ log = get_logger("yektaws")
 
 #: The exit code when a second SIGTERM/SIGINT ends the process during its drain.
 EXIT_FORCED = 130
+
+# How often a start-up that found the session store down asks it again.
+_STORE_RETRY_INTERVAL = 1.0
 
 
 async def serve(settings: Settings) -> int:
@@ -79,11 +82,39 @@ async def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # After the signal handlers: a stop right after READY=1 drains instead of killing.
+    background = [asyncio.create_task(_ready_when_store_answers(gateway.store))]
+    interval = systemd.watchdog_interval()
+    if interval:
+        background.append(asyncio.create_task(systemd.run_watchdog(interval)))
     await stop.wait()
 
+    systemd.stopping()
     await drain(gateway, timeout=settings.drain_timeout, spread=settings.drain_spread)
     server.close()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner.cleanup()
-        await server.wait_closed()
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner.cleanup()
+            await server.wait_closed()
+    finally:
+        # Stopped last: watchdog pings must not cease while systemd may still count them.
+        for task in background:
+            task.cancel()
     return 0
+
+
+async def _ready_when_store_answers(store: SessionStore) -> None:
+    """Tell systemd READY=1 once the session store answers (the listener is already bound).
+
+    A database that is down at start does not stop the gateway (it answers 503 meanwhile), but
+    the service is not ready until the store answers.
+    """
+    while True:
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            log.warning("waiting_for_session_store", error=str(exc))
+            await asyncio.sleep(_STORE_RETRY_INTERVAL)
+        else:
+            systemd.ready()
+            return
