@@ -26,6 +26,7 @@ from yektaws.transports.socketio import SocketIOTransport
 __all__ = ["GATEWAY_KEY", "create_app"]
 
 SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
+NATIVE_KEY = web.AppKey("native", NativeTransport)
 AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
     )
     app[GATEWAY_KEY] = gateway
     app[SOCKETIO_KEY] = socketio
+    app[NATIVE_KEY] = native
     app[AI_CHAT_KEY] = ai_chat
     app[RECHECK_KEY] = SessionRechecker(
         gateway,
@@ -74,5 +76,6 @@ async def _close_connections(app: web.Application) -> None:
 async def _stop(app: web.Application) -> None:
     await app[RECHECK_KEY].stop()
     await app[SOCKETIO_KEY].shutdown()
+    await app[NATIVE_KEY].heartbeat.stop()
     await app[AI_CHAT_KEY].stop()
     await app[GATEWAY_KEY].stop()

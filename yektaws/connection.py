@@ -32,6 +32,8 @@ class CloseReason(enum.Enum):
     """
 
     GOING_AWAY = (1001, "server shutting down")
+    #: No close frame is sent for this one (1006 never travels on the wire): the peer is gone.
+    DEAD_PEER = (1006, "no answer to ping")
     POLICY = (1008, "rate limit exceeded")
     TOO_BIG = (1009, "message too big")
     TOO_SLOW = (1013, "client too slow to read")

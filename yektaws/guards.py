@@ -51,27 +51,32 @@ class MaskGuard:
         self._parser.feed_eof()
 
     def _all_masked(self, data: bytes) -> bool:
-        """Advance through ``data``'s frame headers; False at the first unmasked frame."""
-        position, size = 0, len(data)
-        while position < size:
-            if self._skip:
-                step = min(self._skip, size - position)
-                self._skip -= step
-                position += step
-                continue
-            self._header.append(data[position])
-            position += 1
-            header = self._header
-            if len(header) < 2:
-                continue
-            if not header[1] & _MASK_BIT:
+        """Advance through ``data``'s frame headers; False at the first unmasked frame.
+
+        Headers are read in place; only a header split across two reads is copied (rare, and
+        at most 14 bytes).
+        """
+        if self._header:
+            data = bytes(self._header) + data
+            self._header.clear()
+        position, size = self._skip, len(data)
+        while position + 2 <= size:
+            second = data[position + 1]
+            if not second & _MASK_BIT:
                 return False
-            length_code = header[1] & _LENGTH_MASK
-            extra = 2 if length_code == 126 else 8 if length_code == 127 else 0
-            if len(header) < 2 + extra + 4:  # extended length, then the 4-byte masking key
-                continue
-            self._skip = int.from_bytes(header[2 : 2 + extra], "big") if extra else length_code
-            header.clear()
+            length = second & _LENGTH_MASK
+            extra = 2 if length == 126 else 8 if length == 127 else 0
+            payload_at = position + 2 + extra + 4  # extended length, then the masking key
+            if payload_at > size:
+                break
+            if extra:
+                length = int.from_bytes(data[position + 2 : position + 2 + extra], "big")
+            position = payload_at + length
+        if position >= size:
+            self._skip = position - size
+        else:
+            self._skip = 0
+            self._header += data[position:]
         return True
 
 

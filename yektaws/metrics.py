@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import Any
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -26,6 +27,55 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _EventCounter(Collector):
+    """A counter labelled by event name, cheap enough for the per-message path.
+
+    prometheus-client's own children take a lock on every increment; the event loop is one
+    thread, so a plain dict of floats does, and is turned into a metric family at scrape time.
+    """
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self.counts: dict[str, float] = {}
+
+    def inc(self, event: str) -> None:
+        counts = self.counts
+        counts[event] = counts.get(event, 0.0) + 1.0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=["event"])
+        for event, count in sorted(self.counts.items()):
+            family.add_metric([event], count)
+        yield family
+
+
+class _EventHistogram(Collector):
+    """A histogram labelled by event name; lock-free, like :class:`_EventCounter`."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = buckets
+        #: event -> [count per bucket (the last is +Inf), sum]
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, event: str, value: float) -> None:
+        series = self._series.get(event)
+        if series is None:
+            series = self._series[event] = ([0] * (len(self._bounds) + 1), [0.0])
+        series[0][bisect_left(self._bounds, value)] += 1
+        series[1][0] += value
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=["event"])
+        for event, (counts, total) in sorted(self._series.items()):
+            cumulative = list(accumulate(counts))
+            edges = [str(bound) for bound in self._bounds] + ["+Inf"]
+            family.add_metric([event], list(zip(edges, cumulative, strict=True)), total[0])
+        yield family
 
 
 class _OpenConnections(Collector):
@@ -60,17 +110,13 @@ class Metrics:
             ["protocol", "code"],
             registry=registry,
         )
-        self.events_in = Counter(
-            "yektaws_events_in", "Events received", ["event"], registry=registry
+        self.events_in = _EventCounter("yektaws_events_in", "Events received")
+        self.events_out = _EventCounter("yektaws_events_out", "Events sent")
+        self.handler_seconds = _EventHistogram(
+            "yektaws_handler_seconds", "Time in an event's handler", _FAST_BUCKETS
         )
-        self.events_out = Counter("yektaws_events_out", "Events sent", ["event"], registry=registry)
-        self.handler_seconds = Histogram(
-            "yektaws_handler_seconds",
-            "Time in an event's handler",
-            ["event"],
-            buckets=_FAST_BUCKETS,
-            registry=registry,
-        )
+        for collector in (self.events_in, self.events_out, self.handler_seconds):
+            registry.register(collector)
         self.ai_streams_active = Gauge(
             "yektaws_ai_streams_active", "AI answers streaming right now", registry=registry
         )
@@ -97,34 +143,21 @@ class Metrics:
             "How late the event loop ran a 1 s timer, lately",
             registry=registry,
         )
-        # Children cached per label value: labels() costs a lock and a dict build each call.
-        self._in: dict[str, Any] = {}
-        self._out: dict[str, Any] = {}
-        self._timers: dict[str, Any] = {}
 
     def count_open_connections(self, count_by_protocol: Callable[[], dict[str, int]]) -> None:
         """Report open connections from ``count_by_protocol`` at each scrape."""
         self.registry.register(_OpenConnections(count_by_protocol))
 
-    # -- the per-event path: cached children, nothing else --------------------------------------
+    # -- the per-event path -------------------------------------------------------------------
 
     def event_in(self, event: str) -> None:
-        child = self._in.get(event)
-        if child is None:
-            child = self._in[event] = self.events_in.labels(event)
-        child.inc()
+        self.events_in.inc(event)
 
     def event_out(self, event: str) -> None:
-        child = self._out.get(event)
-        if child is None:
-            child = self._out[event] = self.events_out.labels(event)
-        child.inc()
+        self.events_out.inc(event)
 
     def handler_time(self, event: str, seconds: float) -> None:
-        child = self._timers.get(event)
-        if child is None:
-            child = self._timers[event] = self.handler_seconds.labels(event)
-        child.observe(seconds)
+        self.handler_seconds.observe(event, seconds)
 
     # -- exposition and background measurement -------------------------------------------------
 

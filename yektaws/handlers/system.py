@@ -6,6 +6,7 @@ see only the protocol-neutral :class:`~yektaws.connection.Connection`.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +20,30 @@ SERVER_NAME = "YektaYar WebSocket Server"
 DESCRIPTION = "Real-time gateway of YektaYar: Socket.IO and native WebSocket on one port"
 
 
-def timestamp() -> str:
-    """Now, as ISO 8601 UTC with milliseconds and ``Z`` (``2026-11-26T12:44:36.769Z``)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class _Clock:
+    """Formats now as ISO 8601 UTC with milliseconds, once per millisecond.
+
+    Under load many replies share a millisecond; formatting a datetime costs more than the rest
+    of an echo's handler, so the text of the current millisecond is kept.
+    """
+
+    __slots__ = ("_millisecond", "_text")
+
+    def __init__(self) -> None:
+        self._millisecond = -1
+        self._text = ""
+
+    def __call__(self) -> str:
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond != self._millisecond:
+            moment = datetime.fromtimestamp(millisecond / 1000, UTC)
+            self._text = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            self._millisecond = millisecond
+        return self._text
+
+
+#: Now, as ISO 8601 UTC with milliseconds and ``Z`` (``2026-11-26T12:44:36.769Z``).
+timestamp = _Clock()
 
 
 async def connected(conn: Connection) -> Reply:

@@ -10,7 +10,8 @@ text frame. Limits, all from settings:
 
 - a message over ``MAX_MESSAGE_SIZE`` closes with 1009, enforced by aiohttp's reader before the
   message is buffered (and after decompression, if compression is on);
-- a peer that does not answer pings within half of ``HEARTBEAT_INTERVAL`` is closed;
+- a silent peer is pinged, and one that stays silent is dropped: :class:`Heartbeat` finds a dead
+  peer within 1.5 x ``HEARTBEAT_INTERVAL``;
 - an unmasked client frame fails the connection with 1002 (RFC 6455 section 5.1), see
   :mod:`yektaws.guards`;
 - a client whose unread output exceeds ``MAX_OUTBOUND_BUFFER`` is closed with 1013: writes never
@@ -21,6 +22,7 @@ text frame. Limits, all from settings:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +93,10 @@ class NativeConnection(Connection):
         self._max_outbound = max_outbound
         self.close_code: int | None = None
         self.close_reason: str = ""
+        #: Set by every frame received; cleared by each heartbeat sweep.
+        self.heard = True
+        #: A ping went out and nothing has been heard since.
+        self.pinged = False
 
     @property
     def transport(self) -> str:
@@ -115,11 +121,22 @@ class NativeConnection(Connection):
             return
         await self._ws.send_frame(frame, WSMsgType.TEXT)
 
+    async def ping(self) -> None:
+        """Ask a silent peer for a sign of life (the answer sets :attr:`heard`)."""
+        self.pinged = True
+        if self._transport.get_write_buffer_size() == 0:
+            # An empty buffer: the write cannot wait. A peer with unread output gets no ping
+            # and is dropped at the next sweep unless it speaks.
+            await self._ws.ping()
+
     async def close(self, reason: CloseReason) -> None:
         if self.closed:
             return
         self.closed = True
         self.close_code, self.close_reason = reason.code, reason.text
+        if reason is CloseReason.DEAD_PEER:
+            self._transport.abort()  # nobody is there to read a close frame
+            return
         # The close runs on its own: the caller may be the reader itself (rate limit) or an emitter
         # that must not wait for a client that is not reading.
         asyncio.get_running_loop().create_task(self._close(reason))
@@ -140,7 +157,7 @@ class NativeTransport:
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
         settings = gateway.settings
-        self._heartbeat = settings.heartbeat_interval
+        self.heartbeat = Heartbeat(settings.heartbeat_interval)
         self._max_message = settings.max_message_size
         self._max_outbound = settings.max_outbound_buffer
         self._compress = settings.websocket_compression
@@ -171,7 +188,9 @@ class NativeTransport:
             return _refuse(400, "Connection closed")
         ws = GuardedWebSocketResponse(
             protocols=(NATIVE_SUBPROTOCOL,) if credentials.via_subprotocol else (),
-            heartbeat=self._heartbeat,
+            # Pings and pongs are ours (see Heartbeat): aiohttp's heartbeat schedules a callback
+            # on every read, a tenth of the cost of an echo.
+            autoping=False,
             max_msg_size=self._max_message,
             compress=self._compress,
         )
@@ -188,6 +207,7 @@ class NativeTransport:
         )
         # Registered before the upgrade completes so that the per-owner cap counts it at once.
         gateway.hub.add(conn)
+        self.heartbeat.watch(conn)
         try:
             await ws.prepare(request)
             # Let the transport buffer up to our own limit before it pushes back, so sends never
@@ -197,6 +217,7 @@ class NativeTransport:
             await self._read_loop(conn, ws)
         finally:
             conn.closed = True
+            self.heartbeat.forget(conn)
             code = conn.close_code or ws.close_code or WSCloseCode.ABNORMAL_CLOSURE
             gateway.released(conn, code=int(code), reason=conn.close_reason or _close_text(ws))
         return ws
@@ -208,6 +229,7 @@ class NativeTransport:
         dispatcher = self._gateway.dispatcher
         while True:
             message = await ws.receive()
+            conn.heard = True
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 if conn.closed:
@@ -221,6 +243,10 @@ class NativeTransport:
                     reply = await dispatcher.dispatch(conn, event, data)
                 if reply is not None:
                     await conn.reply(reply, frame_id)
+            elif kind is WSMsgType.PING:
+                await ws.pong(message.data)
+            elif kind is WSMsgType.PONG:
+                conn.pinged = False
             elif kind is WSMsgType.ERROR:
                 # aiohttp has already sent the close frame (1009 for an oversize message).
                 if getattr(ws.exception(), "code", None) == CloseReason.TOO_BIG.code:
@@ -228,6 +254,52 @@ class NativeTransport:
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+
+
+class Heartbeat:
+    """Finds dead native peers with one sweep every half ``HEARTBEAT_INTERVAL``, for all of them.
+
+    A connection heard from since the last sweep is fine; a silent one is pinged; one still silent
+    at the next sweep is dropped (:attr:`CloseReason.DEAD_PEER`). The per-frame cost is one
+    attribute store in the read loop, where aiohttp's own heartbeat schedules a callback per read.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self._period = interval / 2
+        self._connections: set[NativeConnection] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, conn: NativeConnection) -> None:
+        self._connections.add(conn)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def forget(self, conn: NativeConnection) -> None:
+        self._connections.discard(conn)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._period)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        for conn in list(self._connections):
+            if conn.closed:
+                continue
+            if conn.heard:
+                conn.heard = False
+                conn.pinged = False
+            elif conn.pinged:
+                await conn.close(CloseReason.DEAD_PEER)
+            else:
+                await conn.ping()
 
 
 def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
