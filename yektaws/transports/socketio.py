@@ -20,13 +20,13 @@ joins a namespace (or was refused) being closed after ``SOCKETIO_CONNECT_TIMEOUT
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
 from aiohttp import web
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
@@ -35,15 +35,15 @@ from yektaws.auth import socketio_token
 from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
-from yektaws.guards import GuardedWebSocketResponse
+from yektaws.transports.engineio_ws import DirectSendQueue, websocket_driver
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
 
 __all__ = ["SocketIOConnection", "SocketIOTransport"]
 
-# A Socket.IO client's unsent packets are counted, not weighed: MAX_OUTBOUND_BUFFER is divided by
-# this nominal packet size to give the queue's limit.
+# A long-polling client's unsent packets are counted, not weighed: each counts as this many bytes
+# against MAX_OUTBOUND_BUFFER. (On a websocket the transport's buffer is weighed exactly.)
 _NOMINAL_PACKET_BYTES = 1024
 
 # Until the refusal packet has gone out, the Engine.IO session of a refused client is kept.
@@ -52,6 +52,27 @@ _REFUSED_SESSION_GRACE = 1.0
 
 # Closes after which the client should come back (to another node): not its own fault.
 _RECONNECT_ELSEWHERE = frozenset({CloseReason.GOING_AWAY, CloseReason.TOO_SLOW})
+
+
+class _QuietLogger:
+    """The logger python-socketio and python-engineio are given: their per-packet INFO lines
+    cost a call each even when filtered, so below WARNING nothing is called at all; warnings and
+    errors reach the standard logger (and so the gateway's masked log output)."""
+
+    def __init__(self, name: str) -> None:
+        target = logging.getLogger(name)
+        self.warning = target.warning
+        self.error = target.error
+        self.exception = target.exception
+        self.critical = target.critical
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    info = debug
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING
 
 
 class _OrjsonCodec:
@@ -67,25 +88,42 @@ class _OrjsonCodec:
         return orjson.loads(text)
 
 
-class _EngineIOWebSocket(engineio_aiohttp.WebSocket):
-    """python-engineio's aiohttp WebSocket, with our limits.
+class _Packet(sio_packet.Packet):
+    """python-socketio's packet, with its JSON work done once, by orjson.
 
-    The stock one accepts permessage-deflate (aiohttp's default) and unmasked client frames; this
-    one negotiates compression only when ``WEBSOCKET_COMPRESSION`` is on and fails unmasked frames,
-    exactly like the native transport.
+    The stock packet walks the data recursively (through ``functools.reduce``) to find binary
+    attachments, then encodes it; profiled, that walk cost more than the encoding. orjson refuses
+    bytes, so one ``orjson.dumps`` both proves the data has no attachments and produces the text
+    the packet sends. Data with bytes (binary events) takes the stock path.
     """
 
-    compress = False
+    def __init__(
+        self,
+        packet_type: int = sio_packet.EVENT,
+        data: Any = None,
+        namespace: str | None = None,
+        id: int | None = None,
+        binary: bool | None = None,
+        encoded_packet: str | bytes | None = None,
+    ) -> None:
+        self._json: str | None = None
+        if data is not None and binary is None and encoded_packet is None:
+            try:
+                self._json = orjson.dumps(data).decode()
+                binary = False
+            except TypeError:
+                pass  # bytes inside (or another type orjson refuses): the stock detection
+        super().__init__(packet_type, data, namespace, id, binary, encoded_packet)
 
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
-        request = environ["aiohttp.request"]
-        self._sock = GuardedWebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
-        )
-        await self._sock.prepare(request)
-        self.environ = environ
-        await self.handler(self)
-        return self._sock
+    def encode(self) -> Any:
+        if self._json is None:
+            return super().encode()
+        encoded = str(self.packet_type)
+        if self.namespace is not None and self.namespace != "/":
+            encoded += self.namespace + ","
+        if self.id is not None:
+            encoded += str(self.id)
+        return encoded + self._json
 
 
 class SocketIOConnection(Connection):
@@ -99,14 +137,14 @@ class SocketIOConnection(Connection):
         *,
         namespace: str,
         eio_sid: str,
-        max_queued_packets: int,
+        max_outbound: int,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._server = server
         self.namespace = namespace
         self.eio_sid = eio_sid
-        self._max_queued = max_queued_packets
+        self._max_outbound = max_outbound
         self.close_reason = ""
 
     @property
@@ -118,15 +156,20 @@ class SocketIOConnection(Connection):
         socket = self._server.eio.sockets.get(self.eio_sid)
         if socket is None or socket.closed:
             return
-        if socket.queue.qsize() >= self._max_queued:
+        if self._backlog(socket.queue) > self._max_outbound:
             await self.close(CloseReason.TOO_SLOW)
             return
         # Encoded here and handed to Engine.IO directly: AsyncServer.emit would look the client up
         # in its rooms and start a task per recipient, for one recipient we already know.
-        encoded = sio_packet.Packet(
-            sio_packet.EVENT, data=[event, data], namespace=self.namespace
-        ).encode()
+        encoded = _Packet(sio_packet.EVENT, data=[event, data], namespace=self.namespace).encode()
         await self._server.eio.send(self.eio_sid, encoded)
+
+    @staticmethod
+    def _backlog(queue: Any) -> int:
+        """Bytes (websocket) or nominal bytes (polling packets) waiting for this client."""
+        if isinstance(queue, DirectSendQueue):
+            return queue.transport.get_write_buffer_size() + queue.pending
+        return queue.qsize() * _NOMINAL_PACKET_BYTES
 
     async def close(self, reason: CloseReason) -> None:
         if self.closed:
@@ -157,7 +200,7 @@ class SocketIOTransport:
         self._max_body = settings.max_message_size
         self._trusted = settings.trusted_proxies
         self._connect_timeout = settings.socketio_connect_timeout
-        self._max_queued = max(16, settings.max_outbound_buffer // _NOMINAL_PACKET_BYTES)
+        self._max_outbound = settings.max_outbound_buffer
         self._rate = settings.rate_limit_per_second
         self._burst = settings.rate_limit_burst
         self._connections: dict[str, SocketIOConnection] = {}
@@ -178,14 +221,15 @@ class SocketIOTransport:
             # handlers (AI streams) run concurrently because the dispatcher starts them as tasks.
             async_handlers=False,
             json=_OrjsonCodec,
-            logger=False,
-            engineio_logger=False,
+            serializer=_Packet,
+            logger=_QuietLogger("socketio.server"),
+            engineio_logger=_QuietLogger("engineio.server"),
         )
-        websocket_class = type(
-            "EngineIOWebSocket", (_EngineIOWebSocket,), {"compress": settings.websocket_compression}
+        driver = websocket_driver(
+            compress=settings.websocket_compression, max_outbound=settings.max_outbound_buffer
         )
         # The driver table is shared by every server of the process: replace it, do not mutate it.
-        self.server.eio._async = {**self.server.eio._async, "websocket": websocket_class}
+        self.server.eio._async = {**self.server.eio._async, "websocket": driver}
         self.server.on("connect", self._on_connect, namespace="*")
         self.server.on("disconnect", self._on_disconnect, namespace="*")
         self.server.on("*", self._on_event, namespace="*")
@@ -228,7 +272,7 @@ class SocketIOTransport:
             self.server,
             namespace=namespace,
             eio_sid=eio_sid,
-            max_queued_packets=self._max_queued,
+            max_outbound=self._max_outbound,
             socket_id=sid,
             session=session,
             peer=client.address,

@@ -1,0 +1,236 @@
+"""Engine.IO's websocket transport, driven our way (python-socketio still owns the protocol).
+
+python-engineio runs each websocket with a reader that starts a task and a timer for every
+incoming message, and a writer task that wakes for every outgoing packet through a queue. Profiled
+under a closed-loop echo, that machinery cost more than the Socket.IO protocol itself. This module
+is the aiohttp websocket driver python-engineio calls for the transport (``_async['websocket']``),
+and it runs the same session with less:
+
+- the reader awaits aiohttp's ``receive()`` directly and hands MESSAGE packets straight to
+  python-socketio's message handler (other packet types go through the socket as before);
+- once upgraded, the socket's outgoing queue is replaced by :class:`DirectSendQueue`, which frames
+  each packet and writes it at the end of the event-loop turn, several packets in one write: no
+  writer task, no queue, no timer.
+
+What does not change: the packets, the upgrade handshake (probe PING/PONG, NOOP to end the poll,
+UPGRADE), ping/pong and ping timeouts (python-engineio's service task still closes silent
+sockets), and every callback python-socketio receives. Dead peers: python-engineio closes a socket
+whose pings go unanswered by sending CLOSE, and :class:`DirectSendQueue` then closes the websocket.
+
+It also applies the gateway's limits: the guarded response (unmasked frames fail with 1002),
+compression only when ``WEBSOCKET_COMPRESSION`` is on, and a transport buffer allowed to grow to
+``MAX_OUTBOUND_BUFFER`` so that writes never wait (a client that falls that far behind is closed
+by :class:`~yektaws.transports.socketio.SocketIOConnection`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+from yektaws.guards import GuardedWebSocketResponse
+from yektaws.logging import get_logger
+from yektaws.wsframe import binary_frame, text_frame
+
+__all__ = ["DirectSendQueue", "EngineIOWebSocket", "websocket_driver"]
+
+log = get_logger(__name__)
+
+# How long closing a websocket may take before its TCP connection is dropped.
+_CLOSE_TIMEOUT = 2.0
+
+
+class DirectSendQueue:
+    """An upgraded socket's outgoing "queue": packets put are written to the websocket directly.
+
+    It implements the part of :class:`asyncio.Queue` python-engineio uses on an upgraded socket.
+    Packets put during one event-loop turn are framed and joined, and leave in one write at the
+    end of the turn (an event and its acknowledgement: one ``send()`` instead of two). With
+    permessage-deflate on, frames go through aiohttp's writer instead, which compresses them.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+        self._ws = ws
+        #: The TCP transport: its write buffer (plus :attr:`pending`) is this client's backlog.
+        self.transport = transport
+        self._frames: list[bytes] = []
+        #: Bytes framed but not yet handed to the transport.
+        self.pending = 0
+        self._close_after_flush = False
+
+    def adopt(self, queue: asyncio.Queue[Any]) -> None:
+        """Take over what the polling transport had queued, in order, before anything newer."""
+        while not queue.empty():
+            self.put_nowait(queue.get_nowait())
+
+    async def put(self, pkt: Any) -> None:
+        if pkt is not None and self._ws.compress:
+            await _send_through_aiohttp(self._ws, pkt)
+            return
+        self.put_nowait(pkt)
+
+    def put_nowait(self, pkt: Any) -> None:
+        if pkt is None or self.transport.is_closing():
+            return  # None: python-engineio's "stop writing" marker
+        encoded = pkt.encode()
+        frame = (
+            binary_frame(encoded) if isinstance(encoded, bytes) else text_frame(encoded.encode())
+        )
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+        self.pending += len(frame)
+        if pkt.packet_type == eio_packet.CLOSE:
+            # python-engineio closed the socket (ping timeout, server disconnect): end the
+            # websocket too, or a dead peer's reader would wait forever.
+            self._close_after_flush = True
+
+    def _flush(self) -> None:
+        data = b"".join(self._frames)
+        self._frames.clear()
+        self.pending = 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+        if self._close_after_flush:
+            asyncio.get_running_loop().create_task(_close(self._ws, self.transport))
+
+    # The rest of asyncio.Queue that python-engineio may call on an upgraded socket.
+    def qsize(self) -> int:
+        return len(self._frames)
+
+    def empty(self) -> bool:
+        return not self._frames
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        return None
+
+
+async def _send_through_aiohttp(ws: web.WebSocketResponse, pkt: Any) -> None:
+    encoded = pkt.encode()
+    try:
+        if isinstance(encoded, bytes):
+            await ws.send_bytes(encoded)
+        else:
+            await ws.send_str(encoded)
+    except ConnectionError:
+        return
+    if pkt.packet_type == eio_packet.CLOSE:
+        asyncio.get_running_loop().create_task(ws.close())
+
+
+class EngineIOWebSocket(engineio_aiohttp.WebSocket):
+    """The driver python-engineio instantiates for each websocket (see the module docstring)."""
+
+    #: Set per server by :func:`websocket_driver`.
+    compress: bool = False
+    max_outbound: int = 1 << 20
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request: web.Request = environ["aiohttp.request"]
+        ws = GuardedWebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
+        )
+        self._sock = ws
+        transport = request.transport
+        if transport is None:  # the client is already gone
+            return ws
+        await ws.prepare(request)
+        transport.set_write_buffer_limits(high=self.max_outbound)
+        self.environ = environ
+        socket = self.handler.__self__  # the engineio AsyncSocket whose handler this replaces
+        direct = DirectSendQueue(ws, transport)
+        if await self._open(socket, ws, direct):
+            await self._read(socket, ws, transport)
+        else:
+            await _close(ws, transport)
+        return ws
+
+    async def _open(self, socket: Any, ws: web.WebSocketResponse, direct: DirectSendQueue) -> bool:
+        """Finish the upgrade from polling, or start a websocket-only session; False on failure."""
+        if not socket.connected:
+            socket.connected = True
+            socket.upgraded = True
+            polling_queue, socket.queue = socket.queue, direct
+            direct.adopt(polling_queue)
+            return True
+        socket.upgrading = True  # python-engineio holds polling sends while this is set
+        probe = await _next_packet(ws)
+        if probe is None or probe.packet_type != eio_packet.PING or probe.data != "probe":
+            socket.upgrading = False
+            return False
+        await ws.send_str(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+        await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+        upgrade = await _next_packet(ws)
+        if upgrade is None or upgrade.packet_type != eio_packet.UPGRADE:
+            socket.upgrading = False
+            return False
+        polling_queue, socket.queue = socket.queue, direct
+        socket.upgraded = True
+        socket.upgrading = False
+        direct.adopt(polling_queue)
+        return True
+
+    async def _read(
+        self, socket: Any, ws: web.WebSocketResponse, transport: asyncio.Transport
+    ) -> None:
+        server = self.server
+        on_message = server.handlers.get("message")
+        try:
+            while True:
+                pkt = await _next_packet(ws)
+                if pkt is None:
+                    break
+                try:
+                    if pkt.packet_type == eio_packet.MESSAGE and on_message is not None:
+                        await on_message(socket.sid, pkt.data)
+                    else:
+                        await socket.receive(pkt)
+                except eio_exceptions.UnknownPacketError:
+                    pass
+                except eio_exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    # As python-engineio does: a faulty packet must not end the session.
+                    log.exception("engineio_receive_failed", sid=socket.sid)
+        finally:
+            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+            await _close(ws, transport)
+
+
+async def _next_packet(ws: web.WebSocketResponse) -> eio_packet.Packet | None:
+    """The next Engine.IO packet from ``ws``, or None once it is closing or closed."""
+    while True:
+        message = await ws.receive()
+        if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
+            try:
+                return eio_packet.Packet(encoded_packet=message.data)
+            except Exception:
+                continue  # undecodable: ignored, as python-engineio ignores unknown packets
+        if message.type in (WSMsgType.PING, WSMsgType.PONG):
+            continue
+        return None
+
+
+async def _close(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    try:
+        async with asyncio.timeout(_CLOSE_TIMEOUT):
+            await ws.close()
+    except (TimeoutError, ConnectionError):
+        transport.abort()
+
+
+def websocket_driver(*, compress: bool, max_outbound: int) -> type[EngineIOWebSocket]:
+    """The driver class for one server, carrying its settings."""
+    return type(
+        "EngineIOWebSocket",
+        (EngineIOWebSocket,),
+        {"compress": compress, "max_outbound": max_outbound},
+    )
