@@ -36,6 +36,7 @@ from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import Reply
 from yektaws.forwarded import client_view
 from yektaws.guards import GuardedWebSocketResponse
+from yektaws.wsframe import text_frame
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -112,14 +113,20 @@ class NativeConnection(Connection):
         self._metrics.event_out(reply.event)
         await self.send_raw(encode_frame(reply.event, reply.data, frame_id))
 
-    async def send_raw(self, frame: bytes) -> None:
-        """Write one encoded text frame, or close the connection if the client has fallen behind."""
-        if self.closed or self._transport.is_closing():
+    async def send_raw(self, payload: bytes) -> None:
+        """Write one text message, or close the connection if the client has fallen behind."""
+        transport = self._transport
+        if self.closed or transport.is_closing():
             return
-        if self._transport.get_write_buffer_size() + len(frame) > self._max_outbound:
+        if transport.get_write_buffer_size() + len(payload) > self._max_outbound:
             await self.close(CloseReason.TOO_SLOW)
             return
-        await self._ws.send_frame(frame, WSMsgType.TEXT)
+        if self._ws.compress:
+            await self._ws.send_frame(payload, WSMsgType.TEXT)  # aiohttp's writer compresses
+        else:
+            # Framed here and written straight to the transport: aiohttp's writer costs more
+            # Python per frame than the rest of an echo (see yektaws.wsframe).
+            transport.write(text_frame(payload))
 
     async def ping(self) -> None:
         """Ask a silent peer for a sign of life (the answer sets :attr:`heard`)."""
