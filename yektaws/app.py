@@ -2,9 +2,10 @@
 
 The request path, top to bottom::
 
-    aiohttp ─> json_errors ─> upgrade_middleware ─┬─ Socket.IO ─> SocketIOTransport.handle
-                                                  ├─ native ───> NativeTransport.handle
-                                                  └─ HTTP ─────> router (info, health, ready)
+    aiohttp ─> upgrade_middleware ─┬─ Socket.IO ─> SocketIOTransport.handle
+                                   ├─ native ───> NativeTransport.handle
+                                   └─ HTTP ─────> json_errors ─> router (info, health, ready,
+                                                                 metrics) or JSON 404
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
     native = NativeTransport(gateway)
     socketio = SocketIOTransport(gateway)
     app = web.Application(
-        middlewares=[json_errors, upgrade_middleware(socketio.handle, native.handle)],
+        # The upgrade middleware first: long-lived connections then carry one frame less each.
+        middlewares=[upgrade_middleware(socketio.handle, native.handle), json_errors],
         client_max_size=settings.max_message_size,
     )
     app[GATEWAY_KEY] = gateway

@@ -116,9 +116,9 @@ class Dispatcher:
 
     async def dispatch(self, conn: Connection, event: Any, data: Any) -> Reply | None:
         """Handle one event from ``conn``; return the direct reply, if any."""
-        refused = await self._charge(conn)
-        if refused is not None:
-            return refused
+        if not conn.rate.try_take():
+            return await self._over_rate(conn)
+        conn.rate_strikes = 0
         route = self._routes.get(event) if isinstance(event, str) else None
         if route is None:
             self._metrics.event_in("unknown")  # never the client's string: labels stay bounded
@@ -135,14 +135,13 @@ class Dispatcher:
 
     async def refuse_frame(self, conn: Connection) -> Reply | None:
         """The answer to a frame that is not an event at all (charged like an event)."""
-        refused = await self._charge(conn)
-        return refused or error_reply(ErrorCode.BAD_FRAME, "Failed to process message")
+        if not conn.rate.try_take():
+            return await self._over_rate(conn)
+        conn.rate_strikes = 0
+        return error_reply(ErrorCode.BAD_FRAME, "Failed to process message")
 
-    async def _charge(self, conn: Connection) -> Reply | None:
-        """Apply the rate limit: ``None`` to go on, else the refusal (flooders are closed)."""
-        if conn.rate.try_take():
-            conn.rate_strikes = 0
-            return None
+    async def _over_rate(self, conn: Connection) -> Reply | None:
+        """Refuse an event over the rate limit; close a client that keeps going (no reply)."""
         conn.rate_strikes += 1
         if conn.rate_strikes >= self._strikes_allowed:
             log.warning("rate_limit_close", socketId=conn.id, strikes=conn.rate_strikes)
