@@ -14,6 +14,7 @@ import socketio
 from support.clients import SocketIOClient, connect
 from support.database import insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
+from support.handshake import handshake
 from support.postgres import PostgresCluster
 
 RETRY_TEXT = "Service temporarily unavailable, please retry"
@@ -28,17 +29,8 @@ async def native_handshake(url: str, **kwargs: Any) -> tuple[int, str, str | Non
                 assert first["event"] == "connected"
                 return 101, "", ws.protocol
         except aiohttp.WSServerHandshakeError as exc:
-            async with http.get(
-                url.replace("ws://", "http://"),
-                headers={
-                    "Upgrade": "websocket",
-                    "Connection": "Upgrade",
-                    "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                    **kwargs.get("headers", {}),
-                },
-            ) as response:
-                return exc.status, await response.text(), None
+            answer = await handshake(url, kwargs.get("headers"))
+            return exc.status, answer.text, None
 
 
 async def socketio_refusal(url: str, **kwargs: Any) -> dict[str, Any]:
@@ -206,22 +198,10 @@ async def test_retry_after_header_on_outage(own_postgres: PostgresCluster) -> No
         token = insert_session(url)
         own_postgres.stop()
         try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(
-                    f"{gateway.http_url}/ws?token={token}",
-                    headers={
-                        "Upgrade": "websocket",
-                        "Connection": "Upgrade",
-                        "Sec-WebSocket-Version": "13",
-                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                    },
-                ) as response,
-            ):
-                assert response.status == 503
-                assert int(response.headers["Retry-After"]) > 0
-                text = await response.text()
-            assert "Authentication" not in text and "token" not in text
+            answer = await handshake(f"{gateway.http_url}/ws?token={token}")
+            assert answer.status == 503
+            assert int(answer.headers["Retry-After"]) > 0
+            assert "Authentication" not in answer.text and "token" not in answer.text
         finally:
             own_postgres.start()
             gateway.stop()

@@ -11,6 +11,7 @@ import aiohttp
 from fake_model import FakeModel
 from support.clients import NativeClient, SocketIOClient
 from support.gateway import start_gateway
+from support.handshake import handshake
 
 NATIVE_CLIENTS = 150
 SOCKETIO_CLIENTS = 150
@@ -133,20 +134,9 @@ async def test_handshakes_refused_while_draining(database_url, make_token) -> No
         await client.expect("ai:response:start")
         gateway.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(
-                f"{gateway.http_url}/ws?token={make_token()}",
-                headers={
-                    "Upgrade": "websocket",
-                    "Connection": "Upgrade",
-                    "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                },
-            ) as response,
-        ):
-            assert response.status == 503
-            assert "Authentication" not in await response.text()
+        answer = await handshake(f"{gateway.http_url}/ws?token={make_token()}")
+        assert answer.status == 503
+        assert "Authentication" not in answer.text
         assert await client.wait_closed(timeout=8) == 1001
         await client.close()
         code = await asyncio.get_running_loop().run_in_executor(None, gateway.process.wait, 8)

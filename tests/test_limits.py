@@ -16,13 +16,7 @@ import pytest
 
 from support.clients import NativeClient, SocketIOClient, connect
 from support.gateway import Gateway
-
-UPGRADE = {
-    "Upgrade": "websocket",
-    "Connection": "Upgrade",
-    "Sec-WebSocket-Version": "13",
-    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-}
+from support.handshake import handshake
 
 
 async def still_serves(gateway: Gateway, token: str) -> None:
@@ -31,11 +25,8 @@ async def still_serves(gateway: Gateway, token: str) -> None:
 
 
 async def handshake_status(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(url, headers={**UPGRADE, **(headers or {})}) as r,
-    ):
-        return r.status, await r.text()
+    answer = await handshake(url, headers)
+    return answer.status, answer.text
 
 
 # -- sizes -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import socketio
 
 from support.clients import NativeClient, SocketIOClient, connect
 from support.gateway import start_gateway
+from support.handshake import handshake
 from yektaws.logging import mask_secrets, mask_token
 
 
@@ -32,16 +33,7 @@ async def test_no_issued_token_reaches_the_log_even_at_debug(database_url: str, 
         async with await SocketIOClient.open(f"{gateway.http_url}?token={tokens[4]}") as client:
             await client.call("echo", {"token": tokens[5]})
         async with aiohttp.ClientSession() as http:
-            async with http.get(
-                f"{gateway.http_url}/ws?token={expired}",
-                headers={
-                    "Upgrade": "websocket",
-                    "Connection": "Upgrade",
-                    "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                },
-            ) as response:
-                assert response.status == 401
+            assert (await handshake(f"{gateway.http_url}/ws?token={expired}")).status == 401
             async with http.get(f"{gateway.http_url}/nope?token={tokens[0]}") as response:
                 assert response.status == 404
         bad = socketio.AsyncClient(reconnection=False)
@@ -67,16 +59,7 @@ async def test_one_line_per_connect_reject_disconnect(gateway, make_token) -> No
     gone = gateway.wait_for_log("disconnect", socketId=connected["socketId"])
     assert gone["reason"] == "client closed"
     assert gone["code"] == 1000
-    async with aiohttp.ClientSession() as http:
-        await http.get(
-            f"{gateway.http_url}/ws",
-            headers={
-                "Upgrade": "websocket",
-                "Connection": "Upgrade",
-                "Sec-WebSocket-Version": "13",
-                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            },
-        )
+    assert (await handshake(f"{gateway.http_url}/ws")).status == 401
     assert gateway.wait_for_log("reject", reason="no_token")["protocol"] == "native-websocket"
 
 

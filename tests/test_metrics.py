@@ -8,6 +8,7 @@ import aiohttp
 
 from support.clients import connect
 from support.gateway import Gateway
+from support.handshake import handshake
 
 
 async def scrape(gateway: Gateway) -> dict[str, float]:
@@ -42,16 +43,7 @@ async def test_counters_follow_a_scripted_session(gateway_factory, make_token) -
     await native.expect("error")
     await native.close()
     await sio.close()
-    async with aiohttp.ClientSession() as http:
-        await http.get(
-            f"{gateway.http_url}/ws?token={'q' * 43}",
-            headers={
-                "Upgrade": "websocket",
-                "Connection": "Upgrade",
-                "Sec-WebSocket-Version": "13",
-                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            },
-        )
+    assert (await handshake(f"{gateway.http_url}/ws?token={'q' * 43}")).status == 401
     gateway.wait_for_log("disconnect", protocol="socket.io")
     after = await scrape(gateway)
 

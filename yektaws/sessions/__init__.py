@@ -34,6 +34,11 @@ class Session:
     user_id: str | None
     is_logged_in: bool
 
+    @classmethod
+    def from_row(cls, token: str, user_id: int | None, is_logged_in: object) -> Session:
+        """A session from the ``user_id, is_logged_in`` columns of its row."""
+        return cls(token, None if user_id is None else str(user_id), bool(is_logged_in))
+
     @property
     def owner(self) -> str:
         """Whom per-owner limits count: the user, or for an anonymous session its token."""

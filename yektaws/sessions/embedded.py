@@ -63,14 +63,7 @@ class EmbeddedStore:
                 (token,),
             )
             row = await cursor.fetchone()
-        if row is None:
-            return None
-        user_id, is_logged_in = row
-        return Session(
-            token=token,
-            user_id=None if user_id is None else str(user_id),
-            is_logged_in=bool(is_logged_in),
-        )
+        return None if row is None else Session.from_row(token, *row)
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         if not tokens:

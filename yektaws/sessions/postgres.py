@@ -108,14 +108,7 @@ class PostgresStore:
 
     async def lookup(self, token: str) -> Session | None:
         row = await self._execute(_LOOKUP, (token, self._zone), "one")
-        if row is None:
-            return None
-        user_id, is_logged_in = row
-        return Session(
-            token=token,
-            user_id=None if user_id is None else str(user_id),
-            is_logged_in=bool(is_logged_in),
-        )
+        return None if row is None else Session.from_row(token, *row)
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         rows = await self._execute(_VALID_TOKENS, (tokens, self._zone), "all")
