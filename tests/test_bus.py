@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from conftest import MakeToken
 from support.clients import NativeClient, ProtocolClient, SocketIOClient, connect
 from support.cluster import call_api, start_node
 from support.gateway import Gateway
@@ -37,7 +36,7 @@ def cluster(database_url: str, redis_url: str) -> Iterator[tuple[Gateway, Gatewa
 
 @pytest.fixture
 async def user_42(
-    cluster: tuple[Gateway, Gateway], make_token: MakeToken
+    cluster: tuple[Gateway, Gateway], make_token: Callable[..., str]
 ) -> AsyncIterator[tuple[NativeClient, SocketIOClient]]:
     """User 42 twice: a native client on node A and a Socket.IO client on node B."""
     node_a, node_b = cluster
@@ -112,7 +111,7 @@ async def test_disconnect_through_b_closes_both_with_documented_codes(
 
 
 async def test_emit_to_a_socket_id_on_the_other_node(
-    cluster: tuple[Gateway, Gateway], make_token: MakeToken
+    cluster: tuple[Gateway, Gateway], make_token: Callable[..., str]
 ) -> None:
     node_a, node_b = cluster
     async with (
@@ -133,7 +132,7 @@ async def test_emit_to_a_socket_id_on_the_other_node(
 
 
 async def test_disconnect_by_token_closes_that_session_only(
-    cluster: tuple[Gateway, Gateway], make_token: MakeToken
+    cluster: tuple[Gateway, Gateway], make_token: Callable[..., str]
 ) -> None:
     node_a, node_b = cluster
     revoked, kept = make_token(user_id=8, logged_in=True), make_token(user_id=8, logged_in=True)

@@ -96,6 +96,10 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
+            if worker is not None:
+                # The same signal may come twice, from the supervisor and from a terminal's or
+                # systemd's process group: cutting a drain short is the supervisor's decision.
+                return
             log.warning("forced_exit", signal=signal.Signals(signum).name)
             os._exit(EXIT_FORCED)
         log.info("stopping", signal=signal.Signals(signum).name)

@@ -18,8 +18,11 @@ travel to each worker as inherited file descriptors named in :data:`WORKER_ENV`.
 
 Supervision: a worker that exits on its own is started again after a backoff (doubling from
 :data:`RESTART_BACKOFF_MIN` to :data:`RESTART_BACKOFF_MAX`, reset once a worker has run for
-:data:`STABLE_AFTER`). SIGTERM or SIGINT is forwarded to every worker, which drains; the parent
-waits for them and exits 0 when they all did. A worker whose parent disappears drains and exits.
+:data:`STABLE_AFTER`). The first SIGTERM or SIGINT is forwarded to every worker, which drains;
+the parent waits for them (at most ``DRAIN_TIMEOUT`` and a margin) and exits 0 when they all
+exited 0. A second signal kills the workers and exits 130. Workers ignore a repeated signal
+themselves, since a terminal's Ctrl-C or systemd's stop reaches the whole process group. A worker
+whose parent disappears drains and exits.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ from typing import Any
 from yektaws.logging import get_logger
 from yektaws.settings import Settings
 
-__all__ = ["WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
+__all__ = ["EXIT_FORCED", "WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
 
 log = get_logger("yektaws.workers")
 
 #: The environment variable that tells a process it is worker ``index`` and which descriptors
 #: hold its listening sockets (JSON: ``{"index", "public", "private", "admin"}``).
 WORKER_ENV = "YEKTAWS_WORKER"
+#: The exit code when a second signal cut the workers' drain short (as for one process).
+EXIT_FORCED = 130
 #: Most workers one parent runs.
 MAX_WORKERS = 64
 #: Listen queue of each socket the parent binds (as the single-process listener has).
@@ -190,22 +195,18 @@ class _Supervisor:
             signal.signal(signum, self._on_signal)
         for worker in self._workers:
             self._start(worker)
-        forwarded = 0
         while not self._signals:
             self._restart_exited()
             time.sleep(_POLL)
+        first = signal.Signals(self._signals[0]).name
+        log.info("stopping", signal=first)
+        for worker in self._running():
+            worker.process.send_signal(self._signals[0])  # type: ignore[union-attr]
         deadline = time.monotonic() + self._settings.drain_timeout + _STOP_MARGIN
-        codes: list[int] = []
-        while True:
-            # Each signal is forwarded once: the first drains, a second cuts the drain short.
-            for signum in self._signals[forwarded:]:
-                log.info("stopping", signal=signal.Signals(signum).name)
-                for worker in self._running():
-                    worker.process.send_signal(signum)  # type: ignore[union-attr]
-            forwarded = len(self._signals)
-            if not self._running():
-                break
-            if time.monotonic() > deadline:
+        forced = False
+        while self._running():
+            if len(self._signals) > 1 or time.monotonic() > deadline:
+                forced = True
                 for worker in self._running():
                     log.warning("worker_killed", worker=worker.index)
                     worker.process.kill()  # type: ignore[union-attr]
@@ -213,7 +214,12 @@ class _Supervisor:
         codes = [w.process.wait() for w in self._workers if w.process is not None]
         self.close()
         log.info("workers_stopped", exitCodes=codes)
-        return 0 if all(code == 0 for code in codes) else 1
+        if forced:
+            return EXIT_FORCED
+        # A worker still starting up when the signal came dies of it (its handler was not yet
+        # installed): it held no connection, so that is a clean stop too.
+        clean = {0, -self._signals[0]}
+        return 0 if all(code in clean for code in codes) else 1
 
     def _running(self) -> list[_Worker]:
         return [w for w in self._workers if w.process is not None and w.process.poll() is None]
