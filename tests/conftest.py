@@ -1,7 +1,8 @@
-"""Fixtures shared by the whole suite: a real PostgreSQL database, tokens, a running gateway."""
+"""Fixtures shared by the whole suite: real PostgreSQL and Redis, tokens, a running gateway."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -9,6 +10,9 @@ import pytest
 from support.database import answers, configured_server_url, insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
 from support.postgres import PostgresCluster
+from support.redis import SHARED_URL as SHARED_REDIS_URL
+from support.redis import RedisServer
+from support.redis import answers as redis_answers
 
 MakeToken = Callable[..., str]
 
@@ -68,3 +72,19 @@ def gateway_factory(database_url: str) -> Iterator[Callable[..., Gateway]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for the scale-out tests: the machine's if it answers, else a throwaway one."""
+    if redis_answers():
+        yield SHARED_REDIS_URL
+        return
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A channel and key prefix of this test's own, so parallel runs never hear each other."""
+    return f"yektaws-test-{uuid.uuid4().hex[:12]}"

@@ -6,12 +6,16 @@ The request path, top to bottom::
                                    ├─ native ───> NativeTransport.handle
                                    └─ HTTP ─────> json_errors ─> router (info, health, ready,
                                                                  metrics) or JSON 404
+
+The bus (:mod:`yektaws.bus`) is started after the gateway and stopped before it; the server API
+(:mod:`yektaws.admin`) is a separate application on its own listener, built by the server.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from yektaws.bus import BUS_KEY, open_bus
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
@@ -24,7 +28,7 @@ from yektaws.settings import Settings
 from yektaws.transports.native import NativeTransport
 from yektaws.transports.socketio import SocketIOTransport
 
-__all__ = ["GATEWAY_KEY", "create_app"]
+__all__ = ["BUS_KEY", "GATEWAY_KEY", "create_app"]
 
 SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
 NATIVE_KEY = web.AppKey("native", NativeTransport)
@@ -32,20 +36,28 @@ AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
 
 
-def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
-    """The whole gateway as one aiohttp application (the store is opened at startup)."""
+def create_app(
+    settings: Settings, store: SessionStore | None = None, *, worker: int | None = None
+) -> web.Application:
+    """The whole gateway as one aiohttp application (the store is opened at startup).
+
+    ``worker`` is this process's index under ``yektaws serve --workers N``: its Engine.IO
+    session ids then start with ``w<index>.`` so that the reverse proxy can route a polling
+    client's requests back to it.
+    """
     metrics = Metrics()
     ai_chat = AIChat(settings, metrics)
     dispatcher = build_dispatcher(settings, ai_chat, metrics)
     gateway = Gateway(settings, store or open_store(settings), dispatcher, metrics)
     native = NativeTransport(gateway)
-    socketio = SocketIOTransport(gateway)
+    socketio = SocketIOTransport(gateway, sid_prefix=f"w{worker}." if worker is not None else "")
     app = web.Application(
         # The upgrade middleware first: long-lived connections then carry one frame less each.
         middlewares=[upgrade_middleware(socketio.handle, native.handle), json_errors],
         client_max_size=settings.max_message_size,
     )
     app[GATEWAY_KEY] = gateway
+    app[BUS_KEY] = open_bus(gateway, settings)
     app[SOCKETIO_KEY] = socketio
     app[NATIVE_KEY] = native
     app[AI_CHAT_KEY] = ai_chat
@@ -63,6 +75,7 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
 
 async def _start(app: web.Application) -> None:
     await app[GATEWAY_KEY].start()
+    await app[BUS_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
     app[RECHECK_KEY].start()
 
@@ -80,4 +93,5 @@ async def _stop(app: web.Application) -> None:
     await app[SOCKETIO_KEY].shutdown()
     await app[NATIVE_KEY].heartbeat.stop()
     await app[AI_CHAT_KEY].stop()
+    await app[BUS_KEY].stop()
     await app[GATEWAY_KEY].stop()

@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (the default command)")
     serve.add_argument("--host", help="address to listen on (overrides HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides WEBSOCKET_PORT)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes to run on this machine (default 1; above 1 needs REDIS_URL)",
+    )
 
     sessions = commands.add_parser("sessions", help="manage sessions in the configured store")
     session_commands = sessions.add_subparsers(dest="sessions_command", required=True)
@@ -86,12 +92,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if command == "serve":
-        from yektaws.server import serve  # the other commands need none of the server
-
-        return _run(serve(settings))
+        return _serve(settings, args)
     if command == "sessions":
         return _run(_create_session(settings, args.user_id, args.logged_in, args.ttl))
     return _run(_init_db(settings))
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    # The other commands need none of the server.
+    from yektaws.server import serve
+    from yektaws.workers import WorkerError, WorkerSockets, supervise
+
+    worker = WorkerSockets.from_env()
+    if worker is not None or args.workers == 1:
+        return _run(serve(settings, worker))
+    overrides = [
+        *(["--host", args.host] if args.host is not None else []),
+        *(["--port", str(args.port)] if args.port is not None else []),
+    ]
+    try:
+        return supervise(settings, args.workers, overrides)
+    except WorkerError as exc:
+        print(f"yektaws: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 def _run(coro: object) -> int:

@@ -113,8 +113,12 @@ class Connection(ABC):
         """The transport's way of sending one event."""
 
     @abstractmethod
-    async def close(self, reason: CloseReason) -> None:
-        """End the connection for ``reason`` (idempotent)."""
+    async def close(self, reason: CloseReason, text: str | None = None) -> None:
+        """End the connection for ``reason`` (idempotent).
+
+        ``text`` replaces the reason's own words where the client sees them (the native close
+        frame, the ``session:expired`` payload): the server API passes its caller's ``reason``.
+        """
 
     # -- work running on behalf of the connection ---------------------------------------------
 

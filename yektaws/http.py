@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from yektaws import __version__
+from yektaws.bus import BUS_KEY
 from yektaws.forwarded import client_view
 from yektaws.gateway import Gateway
 from yektaws.handlers.system import SERVER_NAME
@@ -72,6 +73,8 @@ async def ready(request: web.Request) -> web.Response:
     except (StoreUnavailable, TimeoutError) as exc:
         checks["sessionStore"] = f"unavailable: {type(exc).__name__}"
         healthy = False
+    # Reported, never failing: without the broker this process still serves its own clients.
+    checks["broker"] = request.app[BUS_KEY].state
     return web.json_response(
         {"status": "ready" if healthy else "not ready", "checks": checks},
         status=200 if healthy else 503,

@@ -143,6 +143,29 @@ class Metrics:
             "How late the event loop ran a 1 s timer, lately",
             registry=registry,
         )
+        self.bus_published = Counter(
+            "yektaws_bus_published",
+            "Messages published to the broker, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.bus_publish_errors = Counter(
+            "yektaws_bus_publish_errors",
+            "Publishes that failed (delivered in this process only)",
+            registry=registry,
+        )
+        self.bus_received = Counter(
+            "yektaws_bus_received",
+            "Broker messages applied here, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.bus_resubscribes = Counter(
+            "yektaws_bus_resubscribes",
+            "Broker subscriptions re-established, by cause",
+            ["cause"],
+            registry=registry,
+        )
 
     def count_open_connections(self, count_by_protocol: Callable[[], dict[str, int]]) -> None:
         """Report open connections from ``count_by_protocol`` at each scrape."""

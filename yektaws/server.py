@@ -1,7 +1,8 @@
 """Running the gateway as a process: listen, tell systemd, wait for a signal, drain, exit.
 
-``yektaws serve`` ends here. The listener is created by hand rather than with aiohttp's
-``TCPSite`` so that every connection passes the header deadline of :mod:`yektaws.guards`.
+``yektaws serve`` ends here. The listeners are created by hand rather than with aiohttp's
+``TCPSite`` so that every connection passes the header deadline of :mod:`yektaws.guards`: the
+gateway's, and the server API's (:mod:`yektaws.admin`) when ``ADMIN_API_KEY`` is set.
 
 Exit codes: 0 after a drain, 1 when the port cannot be bound or the store is unusable,
 :data:`EXIT_FORCED` when a second signal cut the drain short.
@@ -13,17 +14,20 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
 from yektaws import __version__, systemd
-from yektaws.app import GATEWAY_KEY, create_app
+from yektaws.admin import create_admin_app
+from yektaws.app import BUS_KEY, GATEWAY_KEY, create_app
 from yektaws.drain import drain
 from yektaws.guards import header_deadline_factory
 from yektaws.logging import get_logger
 from yektaws.sessions import SessionStore, StoreUnavailable
 from yektaws.settings import Settings
+from yektaws.workers import BACKLOG, WorkerSockets
 
 __all__ = ["EXIT_FORCED", "serve"]
 
@@ -31,14 +35,19 @@ log = get_logger("yektaws")
 
 #: The exit code when a second SIGTERM/SIGINT ends the process during its drain.
 EXIT_FORCED = 130
-
+#: Seconds between two looks, in a worker, at whether its supervisor is still there.
+_ORPHAN_CHECK = 1.0
 # How often a start-up that found the session store down asks it again.
 _STORE_RETRY_INTERVAL = 1.0
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then drain; return the process exit code."""
-    app = create_app(settings)
+async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; return the process exit code.
+
+    ``worker`` (under ``yektaws serve --workers N``) brings the listening sockets bound by the
+    parent (:mod:`yektaws.workers`); otherwise this process binds its own.
+    """
+    app = create_app(settings, worker=worker.index if worker is not None else None)
     # access_log=None: aiohttp's access log would record `?token=`; connections are logged by
     # the gateway itself, with tokens masked.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
@@ -47,26 +56,40 @@ async def serve(settings: Settings) -> int:
     except StoreUnavailable as exc:
         print(f"yektaws: session store unusable: {exc}", file=sys.stderr)
         return 1
-    loop = asyncio.get_running_loop()
+    admin = None
+    if settings.admin_api_key:
+        admin = web.AppRunner(
+            create_admin_app(app[BUS_KEY], settings.admin_api_key),
+            access_log=None,
+            handle_signals=False,
+        )
+        await admin.setup()
+    listeners: list[asyncio.AbstractServer] = []
     try:
-        server = await loop.create_server(
-            header_deadline_factory(runner.server, settings.handshake_timeout),
-            settings.host,
-            settings.port,
-            backlog=1024,
-            reuse_address=True,
-        )
+        if worker is None:
+            listeners.append(await _listen(runner, settings, (settings.host, settings.port)))
+        else:
+            listeners.append(await _listen(runner, settings, worker.public))
+            listeners.append(await _listen(runner, settings, worker.private))
+        if admin is not None:
+            address = worker.admin if worker is not None else None
+            listeners.append(
+                await _listen(
+                    admin, settings, address or (settings.admin_host, settings.admin_port)
+                )
+            )
     except OSError as exc:
-        await runner.cleanup()
-        print(
-            f"yektaws: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+        await _close(listeners, admin, runner)
+        print(f"yektaws: {exc}", file=sys.stderr)
         return 1
     gateway = app[GATEWAY_KEY]
     log.info(
         "listening",
         address=f"http://{settings.host}:{settings.port}",
+        worker=worker.index if worker is not None else None,
+        serverApi=f"http://{settings.admin_host}:{settings.admin_port}" if admin else None,
+        broker=app[BUS_KEY].state,
+        node=app[BUS_KEY].node_id,
         sessionStore=gateway.store.description,
         version=__version__,
     )
@@ -75,27 +98,36 @@ async def serve(settings: Settings) -> int:
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
+            if worker is not None:
+                # The same signal may come twice, from the supervisor and from a terminal's or
+                # systemd's process group: cutting a drain short is the supervisor's decision.
+                return
             log.warning("forced_exit", signal=signal.Signals(signum).name)
             os._exit(EXIT_FORCED)
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    # After the signal handlers: a stop right after READY=1 drains instead of killing.
-    background = [asyncio.create_task(_ready_when_store_answers(gateway.store))]
-    interval = systemd.watchdog_interval()
-    if interval:
-        background.append(asyncio.create_task(systemd.run_watchdog(interval)))
+    background: list[asyncio.Task[None]] = []
+    if worker is None:
+        # systemd's main process is this one. After the signal handlers: a stop right after
+        # READY=1 drains instead of killing. (Under --workers, systemd hears from nobody: see
+        # docs/deploy.md.)
+        background.append(loop.create_task(_ready_when_store_answers(gateway.store)))
+        interval = systemd.watchdog_interval()
+        if interval:
+            background.append(loop.create_task(systemd.run_watchdog(interval)))
+    else:
+        background.append(loop.create_task(_stop_when_orphaned(stop)))
     await stop.wait()
 
-    systemd.stopping()
+    if worker is None:
+        systemd.stopping()
     await drain(gateway, timeout=settings.drain_timeout, spread=settings.drain_spread)
-    server.close()
     try:
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner.cleanup()
-            await server.wait_closed()
+        await _close(listeners, admin, runner)
     finally:
         # Stopped last: watchdog pings must not cease while systemd may still count them.
         for task in background:
@@ -118,3 +150,41 @@ async def _ready_when_store_answers(store: SessionStore) -> None:
         else:
             systemd.ready()
             return
+
+
+async def _listen(
+    runner: web.AppRunner, settings: Settings, address: tuple[str, int] | socket.socket
+) -> asyncio.AbstractServer:
+    """Serve ``runner`` on ``address`` (bound here) or on an inherited listening socket."""
+    loop = asyncio.get_running_loop()
+    factory = header_deadline_factory(runner.server, settings.handshake_timeout)
+    if isinstance(address, socket.socket):
+        return await loop.create_server(factory, sock=address, backlog=BACKLOG)
+    host, port = address
+    try:
+        return await loop.create_server(factory, host, port, backlog=BACKLOG, reuse_address=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def _close(
+    listeners: list[asyncio.AbstractServer], admin: web.AppRunner | None, runner: web.AppRunner
+) -> None:
+    for listener in listeners:
+        listener.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        if admin is not None:
+            await admin.cleanup()
+        await runner.cleanup()
+        for listener in listeners:
+            await listener.wait_closed()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    # A worker outliving its supervisor would hold the shared sockets with nobody to restart
+    # or stop it: it drains and exits instead.
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(_ORPHAN_CHECK)
+    log.warning("supervisor_gone", parent=parent)
+    stop.set()

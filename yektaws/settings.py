@@ -95,6 +95,18 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     )
 
 
+def _redis_url(raw: str) -> str:
+    if raw and urlsplit(raw).scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("must be a redis://, rediss:// or unix:// URL, or empty for one process")
+    return raw
+
+
+def _key_prefix(raw: str) -> str:
+    if not raw or any(char.isspace() or char in "*?[]" for char in raw):
+        raise ValueError("must be a non-empty name without spaces or glob characters")
+    return raw
+
+
 def _optional_url(raw: str) -> str:
     if raw and urlsplit(raw).scheme not in {"http", "https"}:
         raise ValueError("must be an http(s):// URL, or empty")
@@ -372,6 +384,57 @@ SETTINGS: tuple[Setting, ...] = (
         "AI answers one connection may have streaming at once.",
         "AI chat",
     ),
+    # -- scale-out and server API -----------------------------------------------------------------
+    Setting(
+        "REDIS_URL",
+        "",
+        _redis_url,
+        "Redis that carries emits, disconnects and presence queries between gateway processes "
+        "and machines (`redis://host:6379/0`). Empty: one process, everything local. Required "
+        "by `yektaws serve --workers N` with N > 1.",
+        "Scale-out",
+        secret=True,
+    ),
+    Setting(
+        "REDIS_PREFIX",
+        "yektaws",
+        _key_prefix,
+        "Prefix of the Redis channel (`<prefix>:bus`) and keys (`<prefix>:node:<id>`); gateways "
+        "that share it form one cluster.",
+        "Scale-out",
+    ),
+    Setting(
+        "WORKER_BASE_PORT",
+        "3510",
+        _int_between(1, 65535),
+        "With `--workers N`: worker i also listens on this port + i, where the reverse proxy "
+        "sends the long-polling requests of the Engine.IO sessions it issued (`sid=w<i>.…`).",
+        "Scale-out",
+    ),
+    Setting(
+        "ADMIN_HOST",
+        "127.0.0.1",
+        _str,
+        "Address of the server API for other services (`/emit`, `/disconnect`, "
+        "`/users/<id>/connections`). Keep it off the public network.",
+        "Server API",
+    ),
+    Setting(
+        "ADMIN_PORT",
+        "3501",
+        _int_between(0, 65535),
+        "Port of the server API.",
+        "Server API",
+    ),
+    Setting(
+        "ADMIN_API_KEY",
+        "",
+        _str,
+        "Bearer key the server API requires (`Authorization: Bearer <key>`). Empty: the server "
+        "API does not listen at all.",
+        "Server API",
+        secret=True,
+    ),
     # -- operations -------------------------------------------------------------------------------
     Setting(
         "DRAIN_TIMEOUT",
@@ -443,6 +506,12 @@ class Settings:
     ai_api_key: str
     ai_timeout: float
     ai_max_concurrent_per_connection: int
+    redis_url: str
+    redis_prefix: str
+    worker_base_port: int
+    admin_host: str
+    admin_port: int
+    admin_api_key: str
     drain_timeout: float
     drain_spread: float
     log_level: str

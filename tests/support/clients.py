@@ -65,6 +65,8 @@ class NativeClient(ProtocolClient):
         self.http = http
         self.ws = ws
         self.frames: list[dict[str, Any]] = []
+        #: The reason text of the server's close frame, once it came.
+        self.close_reason: str | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -78,11 +80,16 @@ class NativeClient(ProtocolClient):
         return cls(http, ws)
 
     async def _read(self) -> None:
-        async for message in self.ws:
+        while True:
+            message = await self.ws.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
                 frame = orjson.loads(message.data)
                 self.frames.append(frame)
                 self.events.put_nowait((frame["event"], frame.get("data")))
+            elif message.type is aiohttp.WSMsgType.CLOSE:
+                self.close_reason = message.extra
+            elif message.type in {aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}:
+                return
 
     async def send(self, event: str, data: Any = None) -> None:
         await self.ws.send_str(orjson.dumps({"event": event, "data": data}).decode())

@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 #: Production values in the shipped files that a test run replaces.
 SITE = "ws.yektayar.ir"
 GATEWAY_ADDRESS = "127.0.0.1:3500"
+#: The private ports of `yektaws serve --workers N` named in the nginx site (WORKER_BASE_PORT + i).
+NGINX_WORKER_BASE_PORT = 3510
+NGINX_WORKER_LINES = 8
 CERTBOT_CERT = f"/etc/letsencrypt/live/{SITE}/fullchain.pem"
 CERTBOT_KEY = f"/etc/letsencrypt/live/{SITE}/privkey.pem"
 
@@ -233,11 +236,25 @@ class Nginx(ProxyServer):
     name = "nginx"
     binary = "nginx"
 
+    def __init__(
+        self, root: Path, *, gateway_port: int, tls: TlsPair, worker_base_port: int | None = None
+    ) -> None:
+        #: Where the site's worker lines point; production's WORKER_BASE_PORT when not given.
+        self.worker_base_port = worker_base_port or NGINX_WORKER_BASE_PORT
+        super().__init__(root, gateway_port=gateway_port, tls=tls)
+
     def render(self) -> Path:
+        workers = {
+            f"127.0.0.1:{NGINX_WORKER_BASE_PORT + index};": (
+                f"127.0.0.1:{self.worker_base_port + index};"
+            )
+            for index in range(NGINX_WORKER_LINES)
+        }
         site = self._render_file(
             f"nginx/{SITE}.conf",
             {
                 **self._common_replacements(),
+                **workers,
                 "listen 80;": f"listen 127.0.0.1:{self.http_port};",
                 "listen [::]:80;": f"listen [::1]:{self.http_port};",
                 "listen 443 ssl;": f"listen 127.0.0.1:{self.https_port} ssl;",

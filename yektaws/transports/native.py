@@ -136,22 +136,22 @@ class NativeConnection(Connection):
             # and is dropped at the next sweep unless it speaks.
             await self._ws.ping()
 
-    async def close(self, reason: CloseReason) -> None:
+    async def close(self, reason: CloseReason, text: str | None = None) -> None:
         if self.closed:
             return
         self.closed = True
-        self.close_code, self.close_reason = reason.code, reason.text
+        self.close_code, self.close_reason = reason.code, text or reason.text
         if reason is CloseReason.DEAD_PEER:
             self._transport.abort()  # nobody is there to read a close frame
             return
         # The close runs on its own: the caller may be the reader itself (rate limit) or an emitter
         # that must not wait for a client that is not reading.
-        asyncio.get_running_loop().create_task(self._close(reason))
+        asyncio.get_running_loop().create_task(self._close(reason.code, self.close_reason))
 
-    async def _close(self, reason: CloseReason) -> None:
+    async def _close(self, code: int, text: str) -> None:
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._ws.close(code=reason.code, message=reason.text.encode())
+                await self._ws.close(code=code, message=text.encode())
         except (TimeoutError, ConnectionError):
             pass
         finally:

@@ -171,13 +171,14 @@ class SocketIOConnection(Connection):
             return queue.transport.get_write_buffer_size() + queue.pending
         return queue.qsize() * _NOMINAL_PACKET_BYTES
 
-    async def close(self, reason: CloseReason) -> None:
+    async def close(self, reason: CloseReason, text: str | None = None) -> None:
         if self.closed:
             return
+        text = text or reason.text
         if reason is CloseReason.SESSION_EXPIRED:
-            await self.emit("session:expired", {"reason": reason.text})
+            await self.emit("session:expired", {"reason": text})
         self.closed = True
-        self.close_reason = reason.text
+        self.close_reason = text
         if reason in _RECONNECT_ELSEWHERE:
             # Ending the Engine.IO session reads as "transport close" to the client, which
             # reconnects (to another node); a namespace disconnect reads as "io server
@@ -193,7 +194,7 @@ class SocketIOConnection(Connection):
 class SocketIOTransport:
     """Owns the ``AsyncServer`` and bridges it to the gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, sid_prefix: str = "") -> None:
         self._gateway = gateway
         settings = gateway.settings
         origins = gateway.origins
@@ -230,6 +231,12 @@ class SocketIOTransport:
         )
         # The driver table is shared by every server of the process: replace it, do not mutate it.
         self.server.eio._async = {**self.server.eio._async, "websocket": driver}
+        if sid_prefix:
+            # Polling affinity under --workers: the proxy sends `sid=w<i>.…` back to worker i.
+            # "." never occurs in python-engineio's own ids (base64url), so no unprefixed id can
+            # be mistaken for a worker's.
+            generate_id = self.server.eio.generate_id
+            self.server.eio.generate_id = lambda: sid_prefix + generate_id()
         self.server.on("connect", self._on_connect, namespace="*")
         self.server.on("disconnect", self._on_disconnect, namespace="*")
         self.server.on("*", self._on_event, namespace="*")

@@ -1,0 +1,56 @@
+"""Gateways that form a cluster over Redis, and a client for their server API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from support.gateway import Gateway, free_port, start_gateway
+
+__all__ = ["API_KEY", "admin_port", "call_api", "start_node"]
+
+#: The server API key of every node these tests start.
+API_KEY = "test-admin-key-0123456789"
+
+
+def start_node(
+    database_url: str, redis_url: str, prefix: str, args: list[str] | None = None, **env: str
+) -> Gateway:
+    """A gateway on PostgreSQL that joins the cluster ``prefix`` on ``redis_url``."""
+    return start_gateway(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "REDIS_PREFIX": prefix,
+            "ADMIN_API_KEY": API_KEY,
+            "ADMIN_PORT": str(free_port()),
+            **env,
+        },
+        args=args,
+    )
+
+
+def admin_port(gateway: Gateway) -> int:
+    return int(gateway.env["ADMIN_PORT"])
+
+
+async def call_api(
+    gateway: Gateway,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    key: str | None = API_KEY,
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    """``(status, JSON body)`` of one server API request to ``gateway``."""
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    url = f"http://127.0.0.1:{admin_port(gateway)}{path}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, url, json=body if raw is None else None, data=raw, headers=headers
+        ) as response,
+    ):
+        return response.status, await response.json(content_type=None)
