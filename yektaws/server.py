@@ -164,7 +164,9 @@ async def _listen(
     try:
         return await loop.create_server(factory, host, port, backlog=BACKLOG, reuse_address=True)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        # One line for the operator; uvloop's own text repeats the address in Python syntax.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
 async def _close(
