@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 import pytest
@@ -451,3 +452,77 @@ def test_no_attack_made_a_handler_fail(target: Target) -> None:
     """Runs after the table: no handler of ours raised on any input (bad input is answered)."""
     assert target.gateway.logs(), "no logs to check"
     assert [entry for entry in target.gateway.logs() if entry["event"] == "handler_failed"] == []
+
+
+# -- memory --------------------------------------------------------------------------------------
+
+REJECTED_HANDSHAKES = 3000
+ABUSIVE_CONNECTIONS = 1000
+RSS_MARGIN = 10 * 1024 * 1024
+#: Connections in flight at once: under the per-address and per-owner caps.
+CONCURRENCY = 15
+
+
+def rss(pid: int) -> int:
+    """Resident memory of process ``pid``, in bytes (``VmRSS`` in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def rejected_handshake(port: int, _: str) -> None:
+    conn = await RawConnection.open(port)
+    try:
+        assert (await conn.request(upgrade_request("/ws?token=nope"))).status == 401
+    finally:
+        conn.abort()
+
+
+ABUSES = [
+    frame(OP_TEXT, b"x", mask=False),  # 1002
+    text(BAD_UTF8),  # 1007
+    text(b" " * (MAX_MESSAGE + 1)),  # 1009
+    text(b"not json") * 5,  # five error replies, then dropped without a close
+]
+
+
+async def abusive_connection(port: int, token: str, number: int) -> None:
+    conn = await RawConnection.upgraded(port, f"/ws?token={token}")
+    try:
+        await conn.read_event()
+        await conn.send(ABUSES[number % len(ABUSES)])
+        await conn.read_frame()
+    finally:
+        conn.abort()
+
+
+async def storm(port: int, tokens: list[str], rejected: int, abusive: int) -> None:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(job: Awaitable[None]) -> None:
+        async with limit:
+            await job
+
+    jobs = [rejected_handshake(port, "") for _ in range(rejected)]
+    jobs += [abusive_connection(port, tokens[n % len(tokens)], n) for n in range(abusive)]
+    await asyncio.gather(*(one(job) for job in jobs))
+
+
+async def test_memory_returns_after_thousands_of_bad_connections(database_url: str) -> None:
+    gateway = start_gateway({"DATABASE_URL": database_url, **SETTINGS, "SESSION_CACHE_TTL": "60"})
+    tokens = [insert_session(database_url) for _ in range(4)]
+    try:
+        # Warm up with a storm of the same size: the first one grows the process by about 14 MiB
+        # (imports, allocator arenas, buffers) that later ones reuse.
+        await storm(gateway.port, tokens, REJECTED_HANDSHAKES, ABUSIVE_CONNECTIONS)
+        await asyncio.sleep(2)
+        before = rss(gateway.pid)
+        await storm(gateway.port, tokens, REJECTED_HANDSHAKES, ABUSIVE_CONNECTIONS)
+        await asyncio.sleep(2)  # closes and releases settle
+        after = rss(gateway.pid)
+        served_target = Target(gateway, database_url)
+        await served(served_target)
+    finally:
+        gateway.stop()
+    assert after - before < RSS_MARGIN, f"RSS grew {(after - before) / 2**20:.1f} MiB"
