@@ -1,0 +1,269 @@
+"""The Engine.IO v4 and Socket.IO v5 protocols on the wire, as their specifications write them.
+
+Written from the engine.io-protocol (v4) and socket.io-protocol (v5) documents, with raw HTTP
+long-polling requests and raw WebSocket frames, so that what is checked is the protocol itself,
+not what one client library tolerates:
+
+- Engine.IO packets: ``0`` open, ``1`` close, ``2`` ping, ``3`` pong, ``4`` message, ``5``
+  upgrade, ``6`` noop; a polling payload joins packets with the record separator ``\\x1e``;
+- Socket.IO packets inside a message: ``0`` CONNECT, ``1`` DISCONNECT, ``2`` EVENT, ``3`` ACK,
+  ``4`` CONNECT_ERROR, with an optional ``/namespace,`` and an ack id before the JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import orjson
+import pytest
+
+from support.gateway import Gateway, start_gateway
+from support.rawws import OP_TEXT, RawConnection, frame
+
+MAX_MESSAGE = 8192
+PING_INTERVAL = 1.0
+PING_TIMEOUT = 3.0
+CONNECT_TIMEOUT = 1.0
+SEPARATOR = "\x1e"
+
+
+@pytest.fixture(scope="module")
+def gateway(database_url: str) -> Iterator[Gateway]:
+    process = start_gateway(
+        {
+            "DATABASE_URL": database_url,
+            "MAX_MESSAGE_SIZE": str(MAX_MESSAGE),
+            "SOCKETIO_PING_INTERVAL": str(PING_INTERVAL),
+            "SOCKETIO_PING_TIMEOUT": str(PING_TIMEOUT),
+            "SOCKETIO_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+        }
+    )
+    yield process
+    process.stop()
+
+
+class Polling:
+    """One Engine.IO session over HTTP long-polling, spoken packet by packet."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+        self.sid = ""
+        self.handshake: dict = {}
+        self.pending: list[str] = []  # packets received but not yet read
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/socket.io/?EIO=4&transport=polling&sid={self.sid}"
+
+    async def open(self) -> None:
+        async with self.http.get(f"{self.base}/socket.io/?EIO=4&transport=polling") as response:
+            assert response.status == 200
+            body = await response.text()
+        assert body[0] == "0", body  # the OPEN packet
+        self.handshake = orjson.loads(body[1:])
+        self.sid = self.handshake["sid"]
+
+    async def post(self, *packets: str) -> int:
+        async with self.http.post(self.url, data=SEPARATOR.join(packets).encode()) as response:
+            await response.read()
+            return response.status
+
+    async def get(self) -> tuple[int, list[str]]:
+        async with self.http.get(self.url) as response:
+            body = await response.text()
+            return response.status, body.split(SEPARATOR) if response.status == 200 else [body]
+
+    async def next(self, timeout: float = 5.0) -> str:
+        """The next packet that is not a ping (pings are answered, as a live client does)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if not self.pending:
+                    status, packets = await self.get()
+                    assert status == 200, packets
+                    self.pending.extend(packets)
+                packet = self.pending.pop(0)
+                if packet == "2":
+                    assert await self.post("3") == 200
+                    continue
+                return packet
+
+    async def connect(self, token: str, namespace: str = "") -> str:
+        """Socket.IO CONNECT with ``auth.token``; returns the CONNECT (or CONNECT_ERROR) reply."""
+        prefix = f"{namespace}," if namespace else ""
+        assert await self.post(f"40{prefix}" + orjson.dumps({"token": token}).decode()) == 200
+        return await self.next()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def polling(gateway: Gateway, http: aiohttp.ClientSession) -> Polling:
+    session = Polling(http, gateway.http_url)
+    await session.open()
+    return session
+
+
+def decode_event(packet: str, prefix: str = "42") -> list:
+    assert packet.startswith(prefix), packet
+    return orjson.loads(packet[len(prefix) :])
+
+
+# -- Engine.IO -----------------------------------------------------------------------------------
+
+
+async def test_polling_handshake_fields(polling: Polling) -> None:
+    handshake = polling.handshake
+    assert set(handshake) >= {"sid", "upgrades", "pingInterval", "pingTimeout", "maxPayload"}
+    assert isinstance(handshake["sid"], str) and handshake["sid"]
+    assert handshake["upgrades"] == ["websocket"]
+    assert handshake["pingInterval"] == PING_INTERVAL * 1000
+    assert handshake["pingTimeout"] == PING_TIMEOUT * 1000
+    assert handshake["maxPayload"] == MAX_MESSAGE
+
+
+async def test_ping_pong_over_polling_keeps_the_session(polling: Polling, make_token) -> None:
+    await polling.connect(make_token())
+    assert decode_event(await polling.next())[0] == "connected"
+    # The server pings every pingInterval; a client that answers stays past the ping timeout.
+    started = time.monotonic()
+    status, packets = await polling.get()
+    assert (status, packets) == (200, ["2"])
+    assert time.monotonic() - started >= PING_INTERVAL * 0.5
+    for _ in range(int(PING_TIMEOUT / PING_INTERVAL) + 1):
+        assert await polling.post("3") == 200
+        assert await polling.get() == (200, ["2"])
+    assert await polling.post('42["ping"]', "3") == 200
+    assert decode_event(await polling.next())[0] == "pong"
+
+
+async def test_polling_session_that_stops_answering_pings_is_closed(polling, make_token):
+    await polling.connect(make_token())
+    await polling.next()  # `connected`
+    assert await polling.get() == (200, ["2"])
+    await asyncio.sleep(PING_INTERVAL + PING_TIMEOUT + 1)  # no pong
+    status, body = await polling.get()
+    assert status == 400 or body == ["1"], (status, body)
+
+
+async def test_polling_payload_carries_several_packets(polling: Polling, make_token) -> None:
+    await polling.connect(make_token())
+    await polling.next()  # `connected`
+    assert await polling.post('42["ping"]', '42["status"]') == 200
+    names = [decode_event(await polling.next())[0] for _ in range(2)]
+    assert names == ["pong", "status_response"]
+
+
+async def test_oversize_polling_post_gets_413(polling: Polling) -> None:
+    async with polling.http.post(polling.url, data=b"4" + b"x" * MAX_MESSAGE) as response:
+        assert response.status == 413
+
+
+async def test_upgrade_to_websocket_with_probe(polling: Polling, gateway: Gateway, make_token):
+    await polling.connect(make_token())
+    assert decode_event(await polling.next())[0] == "connected"
+    ws = await RawConnection.upgraded(
+        gateway.port, f"/socket.io/?EIO=4&transport=websocket&sid={polling.sid}"
+    )
+    try:
+        await ws.send(frame(OP_TEXT, b"2probe"))
+        assert await ws.read_frame() == (OP_TEXT, b"3probe")
+        # The pending GET is released with a noop so the client can pause polling.
+        await ws.send(frame(OP_TEXT, b"5"))
+        await ws.send(frame(OP_TEXT, b'42["ping"]'))
+        _, payload = await ws.read_frame()
+        while payload in (b"2", b"6"):  # a ping (answered) or a noop, over the websocket now
+            if payload == b"2":
+                await ws.send(frame(OP_TEXT, b"3"))
+            _, payload = await ws.read_frame()
+        assert decode_event(payload.decode())[0] == "pong"
+        # Polling is over for this session: the server answers on the websocket only.
+        status, _ = await polling.get()
+        assert status == 400
+    finally:
+        await ws.close()
+
+
+async def test_ping_pong_over_websocket(gateway: Gateway, make_token) -> None:
+    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    try:
+        _, payload = await ws.read_frame()
+        handshake = orjson.loads(payload[1:])
+        assert handshake["upgrades"] == []  # already on the best transport
+        started = time.monotonic()
+        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % make_token().encode()))
+        assert (await ws.read_frame())[1].startswith(b'40{"sid"')
+        assert (await ws.read_frame())[1].startswith(b'42["connected"')
+        for _ in range(int(PING_TIMEOUT / PING_INTERVAL) + 1):  # answered pings keep it open
+            assert await ws.read_frame(timeout=PING_INTERVAL + 2) == (OP_TEXT, b"2")
+            await ws.send(frame(OP_TEXT, b"3"))
+        assert time.monotonic() - started >= PING_TIMEOUT
+        await ws.send(frame(OP_TEXT, b'42["ping"]'))
+        _, payload = await ws.read_frame()
+        assert payload.startswith(b'42["pong"')
+    finally:
+        await ws.close()
+
+
+async def test_session_without_connect_is_closed_after_connect_timeout(polling: Polling):
+    started = time.monotonic()
+    while True:
+        status, packets = await polling.get()
+        if status != 200 or "1" in packets:
+            break
+        if "2" in packets:
+            await polling.post("3")
+        assert time.monotonic() - started < CONNECT_TIMEOUT + 3
+    assert time.monotonic() - started >= CONNECT_TIMEOUT * 0.8
+    status, _ = await polling.get()
+    assert status == 400  # the session is gone
+
+
+# -- Socket.IO -----------------------------------------------------------------------------------
+
+
+async def test_event_with_ack_id_gets_ack_and_event(polling: Polling, make_token) -> None:
+    await polling.connect(make_token())
+    await polling.next()  # `connected`
+    assert await polling.post('4217["echo","hi"]') == 200
+    replies = [await polling.next(), await polling.next()]
+    event = next(p for p in replies if p.startswith("42"))
+    ack = next(p for p in replies if p.startswith("43"))
+    assert decode_event(event)[0] == "echo_response"
+    (acked,) = decode_event(ack, "4317")
+    assert acked["received"] == "hi"
+
+
+async def test_connect_to_any_namespace_with_auth(polling: Polling, make_token) -> None:
+    reply = await polling.connect(make_token(), namespace="/whatever")
+    assert decode_event(reply, "40/whatever,")["sid"]
+    name, data = decode_event(await polling.next(), "42/whatever,")
+    assert (name, data["protocol"]) == ("connected", "socket.io")
+    assert await polling.post('42/whatever,["ping"]') == 200
+    assert decode_event(await polling.next(), "42/whatever,")[0] == "pong"
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("", "Authentication token required"),
+        ("not-a-session", "Invalid or expired session token"),
+    ],
+)
+async def test_connect_error_shape_then_session_closed(polling: Polling, token, message) -> None:
+    reply = await polling.connect(token)
+    assert decode_event(reply, "44") == {"message": message}
+    started = time.monotonic()
+    while True:  # the Engine.IO session ends within about a second
+        status, packets = await polling.get()
+        if status != 200 or "1" in packets:
+            break
+        assert time.monotonic() - started < 2.5, packets
+    assert time.monotonic() - started < 2.5
