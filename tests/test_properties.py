@@ -21,12 +21,14 @@ from support.gateway import Gateway
 from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import ErrorCode, Reply
 from yektaws.handlers import AIChat, build_dispatcher
+from yektaws.metrics import Metrics
 from yektaws.sessions import Session
 from yektaws.settings import load_settings
 from yektaws.transports.native import FrameError, decode_frame
 
 SETTINGS = load_settings({"AI_BASE_URL": "", "RATE_LIMIT_PER_SECOND": "1000000"}, dotenv=None)
-DISPATCHER = build_dispatcher(SETTINGS, AIChat(SETTINGS))
+METRICS = Metrics()
+DISPATCHER = build_dispatcher(SETTINGS, AIChat(SETTINGS, METRICS), METRICS)
 
 json_scalars = (
     st.none()
@@ -59,6 +61,7 @@ class RecordingConnection(Connection):
             peer="127.0.0.1",
             events_per_second=SETTINGS.rate_limit_per_second,
             event_burst=SETTINGS.rate_limit_burst,
+            metrics=METRICS,
         )
         self.emitted: list[tuple[str, Any]] = []
         self.closed_for: CloseReason | None = None
@@ -67,10 +70,10 @@ class RecordingConnection(Connection):
     def transport(self) -> str:
         return "websocket"
 
-    async def emit(self, event: str, data: Any) -> None:
+    async def _send_event(self, event: str, data: Any) -> None:
         self.emitted.append((event, data))
 
-    async def close(self, reason: CloseReason) -> None:
+    async def close(self, reason: CloseReason, text: str | None = None) -> None:
         self.closed, self.closed_for = True, reason
 
 

@@ -38,6 +38,7 @@ from yektaws.connection import Connection
 from yektaws.dispatcher import Dispatcher
 from yektaws.gateway import Gateway
 from yektaws.guards import header_deadline_factory
+from yektaws.metrics import Metrics
 from yektaws.sessions import open_store
 from yektaws.settings import load_settings
 from yektaws.transports.native import NativeTransport
@@ -102,6 +103,11 @@ class EchoTransport(NativeTransport):
                 await ws.send_str(message.data)
             elif message.type is WSMsgType.BINARY:
                 await ws.send_bytes(message.data)
+            elif message.type is WSMsgType.PING:
+                # The native transport answers pings itself (autoping is off: see Heartbeat).
+                await ws.pong(message.data)
+            elif message.type is WSMsgType.PONG:
+                continue
             else:  # CLOSE, CLOSING, CLOSED, ERROR: aiohttp has answered the close already
                 return
 
@@ -116,7 +122,9 @@ async def serve(port: int, ready_file: Path) -> None:
     await store.open()
     token = await store.create(user_id=None, logged_in=True, ttl_seconds=86400)
     # No handlers and no connect hooks: nothing but the echo is ever sent.
-    gateway = Gateway(settings, store, Dispatcher(rate_limit_strikes=settings.rate_limit_strikes))
+    metrics = Metrics()
+    dispatcher = Dispatcher(rate_limit_strikes=settings.rate_limit_strikes, metrics=metrics)
+    gateway = Gateway(settings, store, dispatcher, metrics)
     gateway.authenticator.start()
     app = web.Application()
     app.router.add_get("/{path:.*}", EchoTransport(gateway).handle)
