@@ -182,6 +182,23 @@ def socketio_ignored(*packets: bytes) -> Attack:
     return attack
 
 
+def socketio_closed(*packets: bytes) -> Attack:
+    """A packet that is not Socket.IO at all ends the session (CLOSE), as the JavaScript server
+    ends it on a parse error, instead of a traceback in the log per packet."""
+
+    async def attack(target: Target) -> None:
+        conn = await target.engineio()
+        try:
+            for packet in packets:
+                await conn.send(packet)
+            _, payload = await conn.read_frame()
+            assert payload == b"1", payload  # Engine.IO CLOSE
+        finally:
+            await conn.close()
+
+    return attack
+
+
 def socketio_refused(connect: bytes, namespace: str = "") -> Attack:
     """A CONNECT without a usable token: CONNECT_ERROR, then the Engine.IO CLOSE packet."""
 
@@ -397,11 +414,11 @@ ATTACKS: list[tuple[str, Attack]] = [
     ("half-open TCP", half_open),
     ("reset halfway through a frame", reset_mid_frame),
     # Socket.IO
-    ("Socket.IO packet with broken JSON", socketio_ignored(text(b'42["unclosed'))),
-    ("Socket.IO unknown packet type", socketio_ignored(text(b"49"), text(b"9hello"))),
-    ("Socket.IO event that is not a list", socketio_ignored(text(b'42{"a":1}'))),
+    ("Socket.IO packet with broken JSON", socketio_closed(text(b'42["unclosed'))),
+    ("Socket.IO unknown packet type", socketio_closed(text(b"49"), text(b"9hello"))),
+    ("Socket.IO event that is not a list", socketio_closed(text(b'42{"a":1}'))),
     ("Socket.IO event named by a number", socketio_ignored(text(b"42[5,{}]"))),
-    ("Socket.IO binary garbage", socketio_ignored(frame(OP_BINARY, b"\xff\x00garbage"))),
+    ("Socket.IO binary garbage", socketio_closed(frame(OP_BINARY, b"\xff\x00garbage"))),
     ("Socket.IO CONNECT to an unknown namespace without token",
      socketio_refused(b"40/whatever,", namespace="/whatever,")),
     ("Socket.IO token as a number", socketio_refused(b'40{"token":123}')),

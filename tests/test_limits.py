@@ -36,9 +36,11 @@ async def test_native_message_over_limit_closes_1009(gateway_factory, make_token
     gateway = gateway_factory(MAX_MESSAGE_SIZE="4096")
     client = await NativeClient.open(f"{gateway.ws_url}/ws?token={make_token()}")
     await client.expect("connected")
-    await client.send("echo", "x" * 3000)  # under the limit: answered
-    assert (await client.expect("echo_response"))["received"] == "x" * 3000
-    await client.send("echo", "x" * 5000)
+    # A frame of exactly MAX_MESSAGE_SIZE bytes is answered; one byte more closes with 1009.
+    padding = 4096 - len('{"event":"echo","data":""}')
+    await client.send_frame('{"event":"echo","data":"' + "x" * padding + '"}')
+    assert (await client.expect("echo_response"))["received"] == "x" * padding
+    await client.send_frame('{"event":"echo","data":"' + "x" * (padding + 1) + '"}')
     assert await client.wait_closed() == 1009
     await client.close()
     await still_serves(gateway, make_token())

@@ -98,7 +98,15 @@ class FrameGuard:
 
 
 class GuardedWebSocketResponse(web.WebSocketResponse):
-    """A ``WebSocketResponse`` whose incoming frames pass a :class:`FrameGuard` first."""
+    """A ``WebSocketResponse`` whose incoming frames pass a :class:`FrameGuard` first.
+
+    ``max_message_size`` is the largest message accepted, inclusive: aiohttp's reader refuses an
+    uncompressed message of exactly ``max_msg_size`` bytes (its test is ``>=``), so it is given
+    one byte more.
+    """
+
+    def __init__(self, *, max_message_size: int, **kwargs: Any) -> None:
+        super().__init__(max_msg_size=max_message_size + 1, **kwargs)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)

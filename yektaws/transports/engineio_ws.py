@@ -136,7 +136,7 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
     async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
         request: web.Request = environ["aiohttp.request"]
         ws = GuardedWebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=self.compress
+            max_message_size=self.server.max_http_buffer_size, compress=self.compress
         )
         self._sock = ws
         transport = request.transport

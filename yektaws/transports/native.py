@@ -198,7 +198,7 @@ class NativeTransport:
             # Pings and pongs are ours (see Heartbeat): aiohttp's heartbeat schedules a callback
             # on every read, a tenth of the cost of an echo.
             autoping=False,
-            max_msg_size=self._max_message,
+            max_message_size=self._max_message,
             compress=self._compress,
         )
         conn = NativeConnection(

@@ -35,12 +35,15 @@ from yektaws.auth import socketio_token
 from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
+from yektaws.logging import get_logger
 from yektaws.transports.engineio_ws import DirectSendQueue, websocket_driver
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
 
 __all__ = ["SocketIOConnection", "SocketIOTransport"]
+
+log = get_logger(__name__)
 
 # A long-polling client's unsent packets are counted, not weighed: each counts as this many bytes
 # against MAX_OUTBOUND_BUFFER. (On a websocket the transport's buffer is weighed exactly.)
@@ -323,6 +326,7 @@ class SocketIOTransport:
         eio = self.server.eio
         socketio_connect = eio.handlers["connect"]
         socketio_disconnect = eio.handlers["disconnect"]
+        socketio_message = eio.handlers["message"]
 
         async def on_engineio_connect(eio_sid: str, environ: dict[str, Any]) -> Any:
             result = await socketio_connect(eio_sid, environ)
@@ -330,6 +334,17 @@ class SocketIOTransport:
                 self._connect_timeout, self._close_if_unjoined, eio_sid
             )
             return result
+
+        async def on_engineio_message(eio_sid: str, data: Any) -> Any:
+            try:
+                return await socketio_message(eio_sid, data)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                # A malformed Socket.IO packet. python-engineio would log a traceback per
+                # packet (a client could flood the log with them): one line, and the session
+                # ends, as the JavaScript server ends it on a parse error.
+                log.warning("socketio_bad_packet", eio_sid=eio_sid, error=type(exc).__name__)
+                asyncio.get_running_loop().create_task(eio.disconnect(eio_sid))
+                return None
 
         async def on_engineio_disconnect(eio_sid: str, reason: Any) -> Any:
             socket = eio.sockets.get(eio_sid)
@@ -343,6 +358,7 @@ class SocketIOTransport:
 
         eio.on("connect", on_engineio_connect)
         eio.on("disconnect", on_engineio_disconnect)
+        eio.on("message", on_engineio_message)
 
     def _close_if_unjoined(self, eio_sid: str) -> None:
         if eio_sid not in self.server.eio.sockets or self._joined[eio_sid] > 0:
