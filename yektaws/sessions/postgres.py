@@ -77,13 +77,14 @@ class PostgresStore:
         """Run one statement; ``fetch`` is ``"one"``, ``"all"`` or nothing.
 
         After a database restart the pool's idle connections are dead, and the first statement on
-        each would fail. One failure therefore empties the idle pool and tries once more on a
-        fresh connection, so a recovered database is usable at the very next handshake.
+        each would fail. A failure that came quickly therefore empties the idle pool and tries
+        once more on a fresh connection, so a recovered database is usable at the very next
+        handshake; a timeout is not retried (SESSION_STORE_TIMEOUT bounds the whole lookup).
         """
         try:
             return await self._execute_once(sql, params, fetch)
-        except StoreUnavailable:
-            if self._pool is None:
+        except StoreUnavailable as exc:
+            if self._pool is None or isinstance(exc.__cause__, TimeoutError):
                 raise
             await self._pool.clear()
             return await self._execute_once(sql, params, fetch)
