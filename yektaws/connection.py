@@ -54,6 +54,21 @@ class Connection(ABC):
     #: ``"native-websocket"`` or ``"socket.io"``: the value clients see in payloads.
     protocol: ClassVar[str]
 
+    # Slots: one of these lives as long as each connection, thousands at a time.
+    __slots__ = (
+        "__weakref__",
+        "_metrics",
+        "_tasks",
+        "closed",
+        "connected_at",
+        "id",
+        "peer",
+        "rate",
+        "rate_strikes",
+        "rooms",
+        "session",
+    )
+
     def __init__(
         self,
         *,

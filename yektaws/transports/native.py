@@ -79,6 +79,15 @@ class NativeConnection(Connection):
     """A :class:`~yektaws.connection.Connection` over an aiohttp ``WebSocketResponse``."""
 
     protocol = "native-websocket"
+    __slots__ = (
+        "_max_outbound",
+        "_transport",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "heard",
+        "pinged",
+    )
 
     def __init__(
         self,

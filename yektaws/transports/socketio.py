@@ -133,6 +133,7 @@ class SocketIOConnection(Connection):
     """A :class:`~yektaws.connection.Connection` on one Socket.IO namespace."""
 
     protocol = "socket.io"
+    __slots__ = ("_max_outbound", "_server", "close_reason", "eio_sid", "namespace")
 
     def __init__(
         self,
