@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from fake_model import FakeModel, RecordedRequest
 from support.clients import ProtocolClient, connect
-from support.gateway import REPO, Gateway, start_gateway
+from support.gateway import Gateway, start_gateway
 from yektaws.ai import system_prompt
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -31,9 +31,6 @@ FINAL = ("ai:response:complete", "ai:response:error")
 PERSIAN = re.compile(r"[\u0600-\u06FF]")
 #: The gateway's AI_TIMEOUT in these tests, in seconds.
 AI_TIMEOUT = 1.0
-#: The editable install in the shared virtualenv points at another checkout; the gateway process
-#: must import the package from this one.
-THIS_CHECKOUT = {"PYTHONPATH": str(REPO)}
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -49,7 +46,6 @@ async def fake() -> AsyncIterator[FakeModel]:
 def ai_gateway(fake: FakeModel, database_url: str) -> Iterator[Gateway]:
     process = start_gateway(
         {
-            **THIS_CHECKOUT,
             "DATABASE_URL": database_url,
             "AI_BASE_URL": fake.base_url,
             "AI_MODEL": "fake-model",
@@ -64,7 +60,7 @@ def ai_gateway(fake: FakeModel, database_url: str) -> Iterator[Gateway]:
 @pytest.fixture(scope="module")
 def off_gateway(database_url: str) -> Iterator[Gateway]:
     """A gateway with AI chat turned off (``AI_BASE_URL`` empty)."""
-    process = start_gateway({**THIS_CHECKOUT, "DATABASE_URL": database_url, "AI_BASE_URL": ""})
+    process = start_gateway({"DATABASE_URL": database_url, "AI_BASE_URL": ""})
     yield process
     process.stop()
 

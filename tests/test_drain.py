@@ -10,7 +10,7 @@ import aiohttp
 
 from fake_model import FakeModel
 from support.clients import NativeClient, SocketIOClient
-from support.gateway import start_gateway
+from support.gateway import Gateway, start_gateway
 from support.handshake import handshake
 
 NATIVE_CLIENTS = 150
@@ -103,16 +103,26 @@ async def test_sigterm_drains_hundreds_of_clients_and_lets_ai_finish(database_ur
             await client.close()
 
 
+async def draining_with_an_answer(
+    fake: FakeModel, database_url: str, token: str, message: str, drain_timeout: str
+) -> tuple[Gateway, NativeClient]:
+    """A gateway with one AI answer streaming to a native client, just sent SIGTERM."""
+    gateway = start_gateway(
+        {"DATABASE_URL": database_url, "AI_BASE_URL": fake.base_url, "DRAIN_TIMEOUT": drain_timeout}
+    )
+    client = await NativeClient.open(f"{gateway.ws_url}/ws?token={token}")
+    await client.expect("connected")
+    await client.send("ai:chat", {"message": message})
+    await client.expect("ai:response:start")
+    gateway.process.send_signal(signal.SIGTERM)
+    return gateway, client
+
+
 async def test_second_signal_exits_at_once(database_url, make_token) -> None:
     async with FakeModel() as fake:
-        gateway = start_gateway(
-            {"DATABASE_URL": database_url, "AI_BASE_URL": fake.base_url, "DRAIN_TIMEOUT": "60"}
+        gateway, client = await draining_with_an_answer(
+            fake, database_url, make_token(), "[[hang]] hi", drain_timeout="60"
         )
-        client = await NativeClient.open(f"{gateway.ws_url}/ws?token={make_token()}")
-        await client.expect("connected")
-        await client.send("ai:chat", {"message": "[[hang]] hi"})
-        await client.expect("ai:response:start")
-        gateway.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.5)
         assert gateway.process.poll() is None  # draining: waiting for the AI answer
         started = time.monotonic()
@@ -125,14 +135,9 @@ async def test_second_signal_exits_at_once(database_url, make_token) -> None:
 
 async def test_handshakes_refused_while_draining(database_url, make_token) -> None:
     async with FakeModel() as fake:
-        gateway = start_gateway(
-            {"DATABASE_URL": database_url, "AI_BASE_URL": fake.base_url, "DRAIN_TIMEOUT": "5"}
+        gateway, client = await draining_with_an_answer(
+            fake, database_url, make_token(), "[[chunks=10 delay=0.3]] hi", drain_timeout="5"
         )
-        client = await NativeClient.open(f"{gateway.ws_url}/ws?token={make_token()}")
-        await client.expect("connected")
-        await client.send("ai:chat", {"message": "[[chunks=10 delay=0.3]] hi"})
-        await client.expect("ai:response:start")
-        gateway.process.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         answer = await handshake(f"{gateway.http_url}/ws?token={make_token()}")
         assert answer.status == 503

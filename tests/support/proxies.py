@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from types import TracebackType
 from typing import ClassVar
 
 from support.gateway import free_port
+from support.processes import stop_process, wait_until_serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,24 +186,21 @@ class ProxyServer(abc.ABC):
             self._process = subprocess.Popen(
                 self.run_argv(), env=self.env(), stdout=out, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (_accepts(self.http_port) and _accepts(self.https_port)):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} did not start:\n{self.output()}")
-            time.sleep(0.05)
+        wait_until_serving(
+            self._process,
+            lambda: _accepts(self.http_port) and _accepts(self.https_port),
+            START_TIMEOUT,
+            self._failed_to_start,
+        )
+
+    def _failed_to_start(self) -> None:
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start:\n{self.output()}")
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STOP_TIMEOUT)
 
     def output(self) -> str:
         """What the server wrote to stdout and stderr so far."""

@@ -10,10 +10,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from support.gateway import free_port
+from support.processes import stop_process, wait_until_serving
 
 __all__ = ["SHARED_URL", "RedisServer", "answers"]
 
@@ -59,23 +59,17 @@ class RedisServer:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not answers(port=self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start: {self.output()}")
-            time.sleep(0.05)
+        wait_until_serving(
+            self._process, lambda: answers(port=self.port), START_TIMEOUT, self._failed_to_start
+        )
+
+    def _failed_to_start(self) -> None:
+        self.stop()
+        raise RuntimeError(f"redis-server did not start: {self.output()}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, STOP_TIMEOUT)
 
     def output(self) -> str:
         path = self.directory / "redis.log"
