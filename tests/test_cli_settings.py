@@ -155,3 +155,34 @@ def test_serve_never_creates_tables_in_the_configured_database(postgres_server: 
         conn.close()
     finally:
         _admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("command", [["-m", "yektaws"], ["-m", "yektaws", "serve"]])
+def test_bare_command_serves_like_serve(tmp_path: Path, command: list[str]) -> None:
+    """`yektaws` alone is what the README's first command runs: it must serve."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=tmp_path,
+        env={**os.environ, "AI_BASE_URL": "", "WEBSOCKET_PORT": str(port)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the bare command never served"
+                time.sleep(0.1)
+        assert (tmp_path / "yektaws.db").is_file()  # the embedded default, created on start
+    finally:
+        process.terminate()
+        assert process.wait(15) == 0

@@ -73,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        # A bare `yektaws` is `yektaws serve`: parse again so serve's defaults are there.
+        args = parser.parse_args([*(argv if argv is not None else sys.argv[1:]), "serve"])
     command = args.command or "serve"
     if command == "settings":
         sys.stdout.write(env_example() if args.format == "env" else markdown_table())
