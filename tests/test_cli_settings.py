@@ -186,3 +186,35 @@ def test_bare_command_serves_like_serve(tmp_path: Path, command: list[str]) -> N
     finally:
         process.terminate()
         assert process.wait(15) == 0
+
+
+def test_sigterm_with_a_closed_log_pipe_still_exits(tmp_path: Path) -> None:
+    """A log reader that went away (a collector restarted, `| head`) must not hang the stop."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "yektaws", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "AI_BASE_URL": ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the gateway never served"
+                time.sleep(0.1)
+        assert process.stderr is not None
+        process.stderr.close()  # nobody reads the log any more
+        process.terminate()
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

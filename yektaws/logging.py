@@ -9,6 +9,7 @@ reduced to ``***`` plus the last four characters, the form the contract allows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -87,6 +88,22 @@ def _orjson_bytes(obj: Any, default: Any = None) -> bytes:
     return orjson.dumps(obj, default=default or str)
 
 
+class _Unfailing:
+    """A log stream whose writes never raise: a closed pipe on stderr (a log collector gone, a
+    ``| head``) must not stop a drain or a shutdown half-way."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write(data)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Send structlog and standard-library logging through one masked renderer on stderr.
 
@@ -104,13 +121,11 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     numeric_level = getattr(logging, level.upper())
     if fmt == "json":
         own_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
-        factory: Any = structlog.BytesLoggerFactory(sys.stderr.buffer)
+        factory: Any = structlog.BytesLoggerFactory(_Unfailing(sys.stderr.buffer))
         foreign_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
-        own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty()
-        )
-        factory = structlog.PrintLoggerFactory(sys.stderr)
+        own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        factory = structlog.PrintLoggerFactory(_Unfailing(sys.stderr))
     structlog.configure(
         processors=[*shared, own_renderer],
         logger_factory=factory,

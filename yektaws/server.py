@@ -123,15 +123,19 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
         background.append(loop.create_task(_stop_when_orphaned(stop)))
     await stop.wait()
 
-    if worker is None:
-        systemd.stopping()
-    await drain(gateway, timeout=settings.drain_timeout, spread=settings.drain_spread)
     try:
-        await _close(listeners, admin, runner)
+        if worker is None:
+            systemd.stopping()
+        await drain(gateway, timeout=settings.drain_timeout, spread=settings.drain_spread)
     finally:
-        # Stopped last: watchdog pings must not cease while systemd may still count them.
-        for task in background:
-            task.cancel()
+        # Whatever the drain met, the store and listeners are closed: a store left open keeps
+        # its thread (aiosqlite) and the process would never exit.
+        try:
+            await _close(listeners, admin, runner)
+        finally:
+            # Stopped last: watchdog pings must not cease while systemd may still count them.
+            for task in background:
+                task.cancel()
     return 0
 
 

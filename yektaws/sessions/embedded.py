@@ -34,7 +34,10 @@ class EmbeddedStore:
 
     async def open(self) -> None:
         try:
-            self._db = await aiosqlite.connect(self._path)
+            connection = aiosqlite.connect(self._path)
+            # aiosqlite runs SQLite on a thread; a daemon one can never keep the process alive.
+            connection.daemon = True
+            self._db = await connection
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute(SQLITE_SESSIONS_TABLE)
             await self._db.commit()
