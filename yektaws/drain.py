@@ -55,7 +55,7 @@ async def drain(gateway: Gateway, *, timeout: float, spread: float) -> None:
             log.warning("drain_timeout", streaming=sum(1 for c in busy if c.running_tasks))
             break
         await asyncio.sleep(_POLL_INTERVAL)
-    await _close(list(gateway.hub))  # the busy ones, and any that slipped in meanwhile
+    await gateway.close_all(CloseReason.GOING_AWAY)  # the busy ones, and any that slipped in
 
     settle_until = loop.time() + _SETTLE_TIMEOUT
     while len(gateway.hub) and loop.time() < settle_until:

@@ -108,6 +108,19 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
     def __init__(self, *, max_message_size: int, **kwargs: Any) -> None:
         super().__init__(max_msg_size=max_message_size + 1, **kwargs)
 
+    async def close_within(
+        self, timeout: float, transport: asyncio.Transport, code: int = 1000, text: str = ""
+    ) -> None:
+        """Close with ``code``; drop the TCP connection if the close handshake takes longer.
+
+        A server closing a client that does not read (or is gone) must not wait for it.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self.close(code=code, message=text.encode())
+        except (TimeoutError, ConnectionError):
+            transport.abort()
+
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
         handler = request.protocol

@@ -54,7 +54,7 @@ class DirectSendQueue:
     permessage-deflate on, frames go through aiohttp's writer instead, which compresses them.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    def __init__(self, ws: GuardedWebSocketResponse, transport: asyncio.Transport) -> None:
         self._ws = ws
         #: The TCP transport: its write buffer (plus :attr:`pending`) is this client's backlog.
         self.transport = transport
@@ -97,7 +97,9 @@ class DirectSendQueue:
         if not self.transport.is_closing():
             self.transport.write(data)
         if self._close_after_flush:
-            asyncio.get_running_loop().create_task(_close(self._ws, self.transport))
+            asyncio.get_running_loop().create_task(
+                self._ws.close_within(_CLOSE_TIMEOUT, self.transport)
+            )
 
     # The rest of asyncio.Queue that python-engineio may call on an upgraded socket.
     def qsize(self) -> int:
@@ -150,10 +152,12 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
         if await self._open(socket, ws, direct):
             await self._read(socket, ws, transport)
         else:
-            await _close(ws, transport)
+            await ws.close_within(_CLOSE_TIMEOUT, transport)
         return ws
 
-    async def _open(self, socket: Any, ws: web.WebSocketResponse, direct: DirectSendQueue) -> bool:
+    async def _open(
+        self, socket: Any, ws: GuardedWebSocketResponse, direct: DirectSendQueue
+    ) -> bool:
         """Finish the upgrade from polling, or start a websocket-only session; False on failure."""
         if not socket.connected:
             socket.connected = True
@@ -179,7 +183,7 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
         return True
 
     async def _read(
-        self, socket: Any, ws: web.WebSocketResponse, transport: asyncio.Transport
+        self, socket: Any, ws: GuardedWebSocketResponse, transport: asyncio.Transport
     ) -> None:
         server = self.server
         on_message = server.handlers.get("message")
@@ -202,7 +206,7 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
                     log.exception("engineio_receive_failed", sid=socket.sid)
         finally:
             await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-            await _close(ws, transport)
+            await ws.close_within(_CLOSE_TIMEOUT, transport)
 
 
 async def _next_packet(ws: web.WebSocketResponse) -> eio_packet.Packet | None:
@@ -217,14 +221,6 @@ async def _next_packet(ws: web.WebSocketResponse) -> eio_packet.Packet | None:
         if message.type in (WSMsgType.PING, WSMsgType.PONG):
             continue
         return None
-
-
-async def _close(ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
-    try:
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await ws.close()
-    except (TimeoutError, ConnectionError):
-        transport.abort()
 
 
 def websocket_driver(*, compress: bool, max_outbound: int) -> type[EngineIOWebSocket]:

@@ -91,7 +91,7 @@ class NativeConnection(Connection):
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
+        ws: GuardedWebSocketResponse,
         transport: asyncio.Transport,
         *,
         max_outbound: int,
@@ -155,16 +155,9 @@ class NativeConnection(Connection):
             return
         # The close runs on its own: the caller may be the reader itself (rate limit) or an emitter
         # that must not wait for a client that is not reading.
-        asyncio.get_running_loop().create_task(self._close(reason.code, self.close_reason))
-
-    async def _close(self, code: int, text: str) -> None:
-        try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._ws.close(code=code, message=text.encode())
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._transport.abort()
+        asyncio.get_running_loop().create_task(
+            self._ws.close_within(_CLOSE_TIMEOUT, self._transport, reason.code, self.close_reason)
+        )
 
 
 class NativeTransport:

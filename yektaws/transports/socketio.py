@@ -250,9 +250,13 @@ class SocketIOTransport:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The endpoint for every Socket.IO request (``/socket.io/`` or any path with ``EIO``)."""
-        if not self._gateway.origins.allows(request.headers.get("Origin")):
-            self._gateway.rejected(SocketIOConnection.protocol, request.remote or "", "origin")
-            return web.Response(status=403, text="Origin not allowed")
+        try:
+            self._gateway.admission.check_origin(request.headers.get("Origin"))
+        except Rejection as rejection:
+            refusal = rejection.refusal
+            peer = client_view(request, self._trusted).address
+            self._gateway.rejected(SocketIOConnection.protocol, peer, refusal.reason)
+            return web.Response(status=refusal.status, text=refusal.message)
         if request.method == "POST" and (request.content_length or 0) > self._max_body:
             # python-engineio would read nothing and answer nothing; the spec wants 413.
             return web.Response(status=413, text="Payload too large")
