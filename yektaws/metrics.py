@@ -167,6 +167,36 @@ class Metrics:
             registry=registry,
         )
 
+        # -- recovery (yektaws.recovery) ---------------------------------------------------------
+        self.recoveries = Counter(
+            "yektaws_recoveries",
+            "Resume attempts, by protocol and outcome: recovered, or why not",
+            ["protocol", "outcome"],
+            registry=registry,
+        )
+        self.recovery_replayed = Counter(
+            "yektaws_recovery_replayed_events",
+            "Missed events delivered to resumed connections",
+            ["protocol"],
+            registry=registry,
+        )
+        self.recovery_saved = Counter(
+            "yektaws_recovery_states_saved",
+            "Connection states saved for a resume, by why the connection ended",
+            ["cause"],
+            registry=registry,
+        )
+        self.recovery_log_entries = Gauge(
+            "yektaws_recovery_log_entries",
+            "Recoverable events held in the recovery log",
+            registry=registry,
+        )
+        self.recovery_log_age_seconds = Gauge(
+            "yektaws_recovery_log_age_seconds",
+            "Age of the oldest event held in the recovery log (0 when it is empty)",
+            registry=registry,
+        )
+
     def count_open_connections(self, count_by_protocol: Callable[[], dict[str, int]]) -> None:
         """Report open connections from ``count_by_protocol`` at each scrape."""
         self.registry.register(_OpenConnections(count_by_protocol))
