@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from yektaws.bus import BUS_KEY, open_bus
+from yektaws.bus import BUS_KEY, Bus, RedisBus, open_bus
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
@@ -23,6 +23,7 @@ from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
 from yektaws.recheck import SessionRechecker
+from yektaws.recovery import MemoryStates, Recovery, RedisStates, StateStore
 from yektaws.sessions import SessionStore, open_store
 from yektaws.settings import Settings
 from yektaws.transports.native import NativeTransport
@@ -34,6 +35,7 @@ SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
 NATIVE_KEY = web.AppKey("native", NativeTransport)
 AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
+RECOVERY_KEY = web.AppKey("recovery", Recovery)
 
 
 def create_app(
@@ -56,8 +58,15 @@ def create_app(
         middlewares=[upgrade_middleware(socketio.handle, native.handle), json_errors],
         client_max_size=settings.max_message_size,
     )
+    bus = open_bus(gateway, settings)
+    recovery = open_recovery(settings, gateway, bus)
+    if recovery is not None:
+        gateway.recovery = bus.recovery = recovery
+        ai_chat.bus = bus
+        recovery.on_resumed(ai_chat.resumed)
+        app[RECOVERY_KEY] = recovery
     app[GATEWAY_KEY] = gateway
-    app[BUS_KEY] = open_bus(gateway, settings)
+    app[BUS_KEY] = bus
     app[SOCKETIO_KEY] = socketio
     app[NATIVE_KEY] = native
     app[AI_CHAT_KEY] = ai_chat
@@ -73,9 +82,36 @@ def create_app(
     return app
 
 
+def open_recovery(settings: Settings, gateway: Gateway, bus: Bus) -> Recovery | None:
+    """Connection-state recovery over the bus's log: states in Redis beside a Redis bus, in
+    memory beside a local one; ``None`` with ``RECOVERY_WINDOW=0``."""
+    if settings.recovery_window <= 0 or bus.log is None:
+        return None
+    window = settings.recovery_window
+    states: StateStore
+    if isinstance(bus, RedisBus):
+        states = RedisStates(bus.redis, settings.redis_prefix, window)
+    else:
+        states = MemoryStates(window)
+    recovery = Recovery(
+        log=bus.log,
+        states=states,
+        hub=gateway.hub,
+        metrics=gateway.metrics,
+        node=bus.node_id,
+        position=lambda: bus.position,
+        window=window,
+    )
+    if isinstance(bus, RedisBus):
+        recovery.announce = bus.announce_resumed
+    return recovery
+
+
 async def _start(app: web.Application) -> None:
     await app[GATEWAY_KEY].start()
     await app[BUS_KEY].start()
+    if RECOVERY_KEY in app:
+        app[RECOVERY_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
     app[RECHECK_KEY].start()
 
@@ -93,5 +129,7 @@ async def _stop(app: web.Application) -> None:
     await app[SOCKETIO_KEY].shutdown()
     await app[NATIVE_KEY].heartbeat.stop()
     await app[AI_CHAT_KEY].stop()
+    if RECOVERY_KEY in app:
+        await app[RECOVERY_KEY].stop()  # the last saved states are written before the bus goes
     await app[BUS_KEY].stop()
     await app[GATEWAY_KEY].stop()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = [
     "NativeCredentials",
     "native_credentials",
     "socketio_token",
+    "token_digest",
 ]
 
 log = get_logger(__name__)
@@ -44,6 +46,12 @@ log = get_logger(__name__)
 #: The subprotocol a native client offers beside ``bearer.<token>``; the server selects it.
 NATIVE_SUBPROTOCOL = "yektaws.v1"
 _BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def token_digest(token: str) -> str:
+    """A token's SHA-256 digest: how a token is named outside the session store and this process
+    (the bus, saved connection states), so that it never travels or rests in clear."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _bearer(header: str | None) -> str | None:

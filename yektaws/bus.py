@@ -24,6 +24,14 @@ back the bus reports itself ``degraded``.
 Pub/sub keeps nothing: a process that is not subscribed when a message is published misses it.
 ``PUBLISH`` says how many subscribers received a message, so a publish that reached fewer
 processes than are alive is logged (``bus_partial_delivery``) rather than lost in silence.
+
+With connection-state recovery on (:mod:`yektaws.recovery`), emits are recoverable events: each
+is appended to the recovery log and published in one step (:meth:`RedisLog.append
+<yektaws.recovery.RedisLog.append>`), and every process, the emitting one included, applies emits
+from the subscription in log order, skipping any position it has applied already. A process
+whose subscription was down reads what it missed from the log when it subscribes again, so its
+connected clients lose nothing either. Only when Redis cannot be reached at all is an emit
+delivered to this process's clients directly, live and without a position.
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import abc
 import asyncio
 import contextlib
 import enum
-import hashlib
 import os
 import socket
 import time
@@ -48,10 +55,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from yektaws.auth import token_digest
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
+from yektaws.recovery import START, EventLog, MemoryLog, Recovery, RedisLog, position_key
 from yektaws.settings import Settings
 
 __all__ = [
@@ -114,11 +123,6 @@ class Target:
         return cls(TargetKind.TOKEN, token_digest(token))
 
 
-def token_digest(token: str) -> str:
-    # Tokens never leave the process in clear: not to the broker, not to its monitors.
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What an emit or disconnect did: connections reached here, and the broadcast's fate.
@@ -149,8 +153,8 @@ class LocalNode:
         self.gateway = gateway
         self.id = node
 
-    async def emit(self, room: str, event: str, data: Any) -> int:
-        return await self.gateway.hub.emit(room, event, data)
+    async def emit(self, room: str, event: str, data: Any, position: str | None = None) -> int:
+        return await self.gateway.hub.emit(room, event, data, position)
 
     async def disconnect(self, target: Target, reason: str | None) -> int:
         """Close every connection here that ``target`` names; returns how many."""
@@ -192,10 +196,28 @@ class Bus(abc.ABC):
 
     def __init__(self, local: LocalNode) -> None:
         self.local = local
+        #: Connection-state recovery, when it is on (set by the application).
+        self.recovery: Recovery | None = None
+        #: The recovery log, when recovery is on.
+        self.log: EventLog | None = None
 
     @property
     def node_id(self) -> str:
         return self.local.id
+
+    @property
+    @abc.abstractmethod
+    def position(self) -> str:
+        """The newest recovery-log position applied here: where a new connection starts."""
+
+    async def _revoke(self, target: Target) -> None:
+        """Keep the saved states ``target`` names from being resumed (the server API ended
+        those connections on purpose, some of them maybe while their clients were away)."""
+        if self.recovery is not None:
+            name = {TargetKind.USER: "user", TargetKind.SOCKET_ID: "socket"}.get(
+                target.kind, "token"
+            )
+            await self.recovery.revoke(f"{name}:{target.value}")
 
     @property
     @abc.abstractmethod
@@ -222,16 +244,28 @@ class Bus(abc.ABC):
 
 
 class LocalBus(Bus):
-    """One process: the hub is the whole cluster."""
+    """One process: the hub is the whole cluster (and the recovery log is in memory)."""
+
+    def __init__(self, local: LocalNode, log: MemoryLog | None = None) -> None:
+        super().__init__(local)
+        self.log: MemoryLog | None = log
 
     @property
     def state(self) -> str:
         return "local"
 
+    @property
+    def position(self) -> str:
+        return START if self.log is None else self.log.tail
+
     async def emit(self, room: str, event: str, data: Any) -> Delivery:
-        return Delivery(await self.local.emit(room, event, data), "none")
+        if self.log is None:
+            return Delivery(await self.local.emit(room, event, data), "none")
+        entry = self.log.append(room, event, data)
+        return Delivery(await self.local.emit(room, event, data, entry.position), "none")
 
     async def disconnect(self, target: Target, reason: str | None) -> Delivery:
+        await self._revoke(target)
         return Delivery(await self.local.disconnect(target, reason), "none")
 
     async def presence(self, user_id: str) -> Presence:
@@ -255,15 +289,40 @@ class _Query:
 class RedisBus(Bus):
     """The bus over Redis pub/sub (see the module docstring)."""
 
-    def __init__(self, local: LocalNode, url: str, prefix: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        local: LocalNode,
+        url: str,
+        prefix: str,
+        metrics: Metrics,
+        *,
+        recovery_window: float = 0,
+        recovery_max_events: int = 0,
+    ) -> None:
         super().__init__(local)
-        self._url = url
         self._metrics = metrics
+        # No retries inside redis-py: a command fails fast and the bus decides what to do
+        # (deliver locally, back off, resubscribe); hidden retries would stall every emit.
+        self._redis: aioredis.Redis | None = aioredis.Redis.from_url(
+            url,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        #: The recovery log (``None`` with recovery off): emits are appended and published in one.
+        self.log: RedisLog | None = (
+            RedisLog(
+                self._redis, prefix, max_events=recovery_max_events, window=recovery_window
+            )
+            if recovery_window > 0
+            else None
+        )
+        #: The newest log position applied to this process's clients (None: not known yet).
+        self._applied: str | None = None
         self.channel = f"{prefix}:bus"
         self._node_prefix = f"{prefix}:node:"
         self._node_key = f"{prefix}:node:{local.id}"
         self._reply_channel = f"{prefix}:reply:{local.id}"
-        self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._queries: dict[str, _Query] = {}
         self._healthy = asyncio.Event()
@@ -283,15 +342,11 @@ class RedisBus(Bus):
 
     # -- start and stop ------------------------------------------------------------------------
 
+    @property
+    def position(self) -> str:
+        return self._applied or START
+
     async def start(self) -> None:
-        # No retries inside redis-py: a command fails fast and the bus decides what to do
-        # (deliver locally, back off, resubscribe); hidden retries would stall every emit.
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._subscribe_forever()), loop.create_task(self._watch())]
         try:
@@ -315,10 +370,29 @@ class RedisBus(Bus):
     # -- the three operations ------------------------------------------------------------------
 
     async def emit(self, room: str, event: str, data: Any) -> Delivery:
-        local = await self.local.emit(room, event, data)
-        return await self._broadcast("emit", local, {"to": room, "event": event, "data": data})
+        message = {"to": room, "event": event, "data": data}
+        if self.log is None:
+            local = await self.local.emit(room, event, data)
+            return await self._broadcast("emit", local, message)
+        # Applied here too when it comes back through the subscription, in log order.
+        local = len(self.local.gateway.hub.members(room))
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                _, receivers = await self.log.append(
+                    self.channel, {"op": "emit", "from": self.node_id, **message}
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._publish_failed("emit", exc)
+            return Delivery(await self.local.emit(room, event, data), "unavailable")
+        self._metrics.bus_published.labels("emit").inc()
+        return Delivery(local, "ok", receivers)
+
+    async def announce_resumed(self, socket_id: str) -> None:
+        """Tell every node that ``socket_id`` resumed here (an older incarnation must go)."""
+        await self._publish(self.channel, "resumed", {"socket": socket_id})
 
     async def disconnect(self, target: Target, reason: str | None) -> Delivery:
+        await self._revoke(target)
         local = await self.local.disconnect(target, reason)
         message = {"kind": target.kind.value, "value": target.value, "reason": reason}
         return await self._broadcast("disconnect", local, message)
@@ -363,12 +437,15 @@ class RedisBus(Bus):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 receivers = int(await self.redis.publish(channel, payload))
         except (RedisError, OSError, TimeoutError) as exc:
-            self._metrics.bus_publish_errors.inc()
-            self._healthy.clear()
-            log.warning("bus_publish_failed", kind=kind, error=type(exc).__name__)
+            self._publish_failed(kind, exc)
             return None
         self._metrics.bus_published.labels(kind).inc()
         return receivers
+
+    def _publish_failed(self, kind: str, exc: BaseException) -> None:
+        self._metrics.bus_publish_errors.inc()
+        self._healthy.clear()
+        log.warning("bus_publish_failed", kind=kind, error=type(exc).__name__)
 
     # -- the subscription ----------------------------------------------------------------------
 
@@ -382,6 +459,7 @@ class RedisBus(Bus):
                 self._ping = None
                 log.info("bus_subscribed", channel=self.channel, node=self.node_id)
                 backoff = BACKOFF_MIN
+                await self._catch_up()
                 await self._send_ping()  # healthy as soon as it comes back, not a round later
                 await self._receive(pubsub)
             except _Stale:
@@ -419,9 +497,41 @@ class RedisBus(Bus):
                 # end the subscription that every later message needs.
                 log.exception("bus_message_failed", channel=str(message.get("channel")))
 
+    async def _catch_up(self) -> None:
+        """Apply the emits published while this process was not subscribed (from the log)."""
+        if self.log is None:
+            return
+        if self._applied is None:  # a process that just started owes nobody anything older
+            self._applied = await self.log.tail()
+            return
+        entries = await self.log.entries_after(self._applied)
+        if entries is None:
+            log.warning("bus_catch_up_trimmed", since=self._applied)
+            self._applied = await self.log.tail()
+            return
+        caught_up = 0
+        async for entry in entries:
+            await self._apply_logged(entry.message())
+            caught_up += 1
+        if caught_up:
+            log.info("bus_caught_up", events=caught_up)
+
+    async def _apply_logged(self, message: dict[str, Any]) -> None:
+        """Apply an emit that has a log position, unless it has been applied already."""
+        position = message["offset"]
+        if self._applied is not None and position_key(position) <= position_key(self._applied):
+            return
+        self._applied = position
+        if message["from"] != self.node_id:
+            self._metrics.bus_received.labels("emit").inc()
+        await self.local.emit(message["to"], message["event"], message.get("data"), position)
+
     async def _apply(self, message: dict[str, Any]) -> None:
         kind = message["op"]
         sender = message["from"]
+        if kind == "emit" and "offset" in message:
+            await self._apply_logged(message)
+            return
         if kind == "ping":
             if sender == self.node_id and self._ping and message["nonce"] == self._ping[0]:
                 self._ping = None
@@ -435,6 +545,9 @@ class RedisBus(Bus):
         elif kind == "disconnect":
             target = Target(TargetKind(message["kind"]), message["value"])
             await self.local.disconnect(target, message["reason"])
+        elif kind == "resumed":
+            if self.recovery is not None:
+                self.recovery.resumed_elsewhere(message["socket"])
         elif kind == "presence":
             connections = self.local.presence(message["user"])
             answer = {"query": message["query"], "connections": connections}
@@ -472,11 +585,21 @@ class RedisBus(Bus):
 
 
 def open_bus(gateway: Gateway, settings: Settings) -> Bus:
-    """:class:`RedisBus` when ``REDIS_URL`` is set, else :class:`LocalBus`."""
+    """:class:`RedisBus` when ``REDIS_URL`` is set, else :class:`LocalBus`; each with its
+    recovery log when ``RECOVERY_WINDOW`` is not 0."""
     local = LocalNode(gateway, node_id())
+    window, max_events = settings.recovery_window, settings.recovery_max_events
     if settings.redis_url:
-        return RedisBus(local, settings.redis_url, settings.redis_prefix, gateway.metrics)
-    return LocalBus(local)
+        return RedisBus(
+            local,
+            settings.redis_url,
+            settings.redis_prefix,
+            gateway.metrics,
+            recovery_window=window,
+            recovery_max_events=max_events,
+        )
+    log = MemoryLog(max_events=max_events, window=window, origin=local.id) if window > 0 else None
+    return LocalBus(local, log)
 
 
 BUS_KEY = web.AppKey("bus", Bus)

@@ -18,6 +18,7 @@ from yektaws.dispatcher import Dispatcher
 from yektaws.hub import Hub
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
+from yektaws.recovery import Recovery
 from yektaws.sessions import SessionStore
 from yektaws.settings import Settings
 
@@ -53,6 +54,8 @@ class Gateway:
             metrics=metrics,
         )
         self.draining = False
+        #: Connection-state recovery (``None`` with ``RECOVERY_WINDOW=0``); set by the app.
+        self.recovery: Recovery | None = None
         self._background: list[asyncio.Task[None]] = []
         self.admission = Admission(
             authenticator=self.authenticator,
@@ -86,7 +89,11 @@ class Gateway:
         log.info("reject", protocol=protocol, peer=peer, reason=reason)
 
     async def accepted(self, conn: Connection, *, transport: str) -> None:
-        """Log the new connection and greet it (the dispatcher's connect hooks)."""
+        """Log the new connection and greet it (the dispatcher's connect hooks); a resumed one
+        is then sent what it missed, before any live event."""
+        link = conn.recovery
+        if link is not None and self.recovery is not None:
+            await self.recovery.collect(link, conn.protocol)
         self.metrics.connects.labels(conn.protocol).inc()
         log.info(
             "connect",
@@ -95,12 +102,20 @@ class Gateway:
             transport=transport,
             userId=conn.user_id,
             peer=conn.peer,
+            recovered=None if link is None else link.recovered,
         )
         await self.dispatcher.connected(conn)
+        if self.recovery is not None:
+            await self.recovery.replay(conn)
 
     def released(self, conn: Connection, *, code: int | None, reason: str) -> None:
-        """Forget an ended connection and stop the work it started."""
+        """Forget an ended connection, keep or drop its saved state, stop the work it started
+        (the dispatcher's disconnect hooks may let some of it outlive the connection)."""
         self.hub.remove(conn)
+        resumable = conn.recovery is not None and conn.resumable
+        if self.recovery is not None:
+            self.recovery.ended(conn.recovery, resumable=resumable, cause=_cause(conn))
+        self.dispatcher.disconnected(conn, resumable=resumable)
         conn.cancel_tasks()
         self.metrics.disconnects.labels(conn.protocol, str(code) if code else "none").inc()
         log.info(
@@ -117,3 +132,12 @@ class Gateway:
     async def close_all(self, reason: CloseReason) -> None:
         for conn in self.hub:
             await conn.close(reason)
+
+
+def _cause(conn: Connection) -> str:
+    """A bounded label for why a resumable connection ended (the saved-states metric)."""
+    if conn.end_reason is CloseReason.GOING_AWAY:
+        return "drain"
+    if conn.end_reason is not None:
+        return conn.end_reason.name.lower()
+    return "lost"

@@ -12,7 +12,7 @@ import threading
 
 from support.gateway import free_port
 
-__all__ = ["SilenceableProxy"]
+__all__ = ["CuttableProxy", "SilenceableProxy"]
 
 _CHUNK = 65536
 
@@ -58,12 +58,19 @@ class SilenceableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self._forward(client)
+
+    def _forward(self, client: socket.socket) -> None:
+        try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            pair = _Pair(client, upstream)
-            with self._lock:
-                self._pairs.append(pair)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(pair, source, sink), daemon=True).start()
+        except OSError:
+            client.close()
+            return
+        pair = _Pair(client, upstream)
+        with self._lock:
+            self._pairs.append(pair)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(pair, source, sink), daemon=True).start()
 
     @staticmethod
     def _pump(pair: _Pair, source: socket.socket, sink: socket.socket) -> None:
@@ -74,3 +81,49 @@ class SilenceableProxy:
         except OSError:
             pass
         pair.close()
+
+
+class CuttableProxy(SilenceableProxy):
+    """A proxy whose connections can be cut the way a phone changing networks cuts them: reset,
+    no WebSocket close, and no way back in (new connections are reset too) until :meth:`mend`.
+    :meth:`retarget` sends later connections to another server (the client "lands" elsewhere)."""
+
+    def __init__(self, target_port: int) -> None:
+        self._down = False
+        super().__init__(target_port)
+
+    def cut(self) -> int:
+        """Reset every open connection and refuse new ones; returns how many were cut."""
+        self._down = True
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in (pair.client, pair.upstream):
+                _reset(sock)
+        return len(pairs)
+
+    def mend(self) -> None:
+        self._down = False
+
+    def retarget(self, port: int) -> None:
+        self.target_port = port
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._down:
+                _reset(client)
+                continue
+            self._forward(client)
+
+
+def _reset(sock: socket.socket) -> None:
+    # SO_LINGER 0: close() sends a reset at once, as a vanished network path ends a connection.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    sock.close()

@@ -37,6 +37,13 @@ Decisions a client can rely on:
 
 Each answer writes one log line, ``ai_chat``, with its ``messageId``, model, language, outcome,
 chunk count, time to first chunk and total time. The conversation's text is never logged.
+
+With connection-state recovery on, an answer survives its connection: its events are
+recoverable (they go through the bus to the socket's own room, so they are in the recovery log
+and reach the socket on whichever node it resumes), chunks are batched into one event per
+``AI_CHUNK_INTERVAL`` so that a fast model does not write one log entry per token, and a
+connection lost (not closed on purpose) leaves its answers streaming for ``AI_RESUME_WINDOW``:
+a resume stops that countdown, its end cancels them (``abandoned``, the upstream closed).
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ import contextlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
@@ -57,6 +65,9 @@ from yektaws.dispatcher import BadRequest, Dispatcher, Reply
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
 from yektaws.settings import Settings
+
+if TYPE_CHECKING:
+    from yektaws.bus import Bus
 
 __all__ = [
     "HISTORY_TURNS",
@@ -220,6 +231,53 @@ class _Answer:
     chunks: int = 0
     #: Set by ``ai:cancel`` before it cancels :attr:`task`.
     cancel_requested: bool = False
+    #: Set when nobody resumed the lost connection in time, before :attr:`task` is cancelled.
+    abandoned: bool = False
+
+
+class _Batcher:
+    """Joins an answer's pieces into one ``ai:response:chunk`` per ``interval`` seconds.
+
+    The first piece goes at once; pieces arriving within ``interval`` of the last send wait for
+    the rest of it (a timer sends them if the model pauses). Sends are serialised, so the chunks
+    keep their order whichever of the stream and the timer sends them.
+    """
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._pending: list[str] = []
+        self._last_sent = -interval
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def add(self, piece: str) -> None:
+        self._pending.append(piece)
+        wait = self._last_sent + self._interval - time.monotonic()
+        if wait <= 0:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._flush_after(wait))
+
+    async def _flush_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._timer = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is pending now (before the answer's last event)."""
+        async with self._lock:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._last_sent = time.monotonic()
+            await self._send(text)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _error_data(answer: _Answer, code: FailureCode, *, retryable: bool) -> dict[str, Any]:
@@ -254,6 +312,14 @@ class AIChat:
         #: Connection id -> messageId -> the answer streaming there. Holds only connections with
         #: an answer in progress.
         self._answers: dict[str, dict[str, _Answer]] = {}
+        #: Where answers send their events when recovery is on (set by the application): the
+        #: bus, to the socket's own room, so that they are recoverable. ``None``: straight to
+        #: the connection, and a lost connection ends its answers.
+        self.bus: Bus | None = None
+        self._resume_window = settings.ai_resume_window or settings.recovery_window
+        self._chunk_interval = settings.ai_chunk_interval
+        #: Socket id -> the countdown of its lost connection's answers.
+        self._orphans: dict[str, asyncio.TimerHandle] = {}
 
     @property
     def enabled(self) -> bool:
@@ -284,6 +350,38 @@ class AIChat:
     def register(self, dispatcher: Dispatcher) -> None:
         dispatcher.on("ai:chat", concurrent=True)(self.chat)
         dispatcher.on("ai:cancel")(self.cancel)
+        dispatcher.on_disconnect(self._disconnected)
+
+    # -- answers that outlive their connection ---------------------------------------------------
+
+    def _disconnected(self, conn: Connection, resumable: bool) -> None:
+        """A connection ended: a lost one's answers keep streaming while it may resume."""
+        answers = self._answers.get(conn.id)
+        if not answers or not resumable or self.bus is None or self._resume_window <= 0:
+            return  # its tasks are cancelled next, closing their upstream requests
+        for answer in answers.values():
+            conn.release_task(answer.task)
+        self._orphans[conn.id] = asyncio.get_running_loop().call_later(
+            self._resume_window, self._abandon, conn.id
+        )
+
+    def resumed(self, socket_id: str) -> None:
+        """The socket came back (on any node): its answers stream on to it."""
+        timer = self._orphans.pop(socket_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _abandon(self, socket_id: str) -> None:
+        self._orphans.pop(socket_id, None)
+        for answer in list(self._answers.get(socket_id, {}).values()):
+            answer.abandoned = True
+            answer.task.cancel()
+
+    async def _send(self, conn: Connection, event: str, data: dict[str, Any]) -> None:
+        if self.bus is None:
+            await conn.emit(event, data)
+        else:
+            await self.bus.emit(conn.id, event, data)
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -310,7 +408,10 @@ class AIChat:
         try:
             outcome = await self._stream(conn, client, request, answer)
         except asyncio.CancelledError:
-            outcome = "cancelled" if answer.cancel_requested else "disconnected"
+            if answer.cancel_requested:
+                outcome = "cancelled"
+            else:
+                outcome = "abandoned" if answer.abandoned else "disconnected"
             raise
         finally:
             self._metrics.ai_streams_active.dec()
@@ -336,13 +437,18 @@ class AIChat:
     ) -> str:
         """Send the answer's events; return its outcome (``complete`` or a failure code)."""
         message_id = answer.message_id
-        await conn.emit("ai:response:start", {"messageId": message_id})
+        await self._send(conn, "ai:response:start", {"messageId": message_id})
         pieces: list[str] = []
         failure: tuple[FailureCode, bool] | None = None  # (code, retryable)
+
+        async def send_chunk(text: str) -> None:
+            await self._send(conn, "ai:response:chunk", {"messageId": message_id, "chunk": text})
+
+        batcher = _Batcher(send_chunk, self._chunk_interval if self.bus is not None else 0.0)
         try:
             async with contextlib.aclosing(client.stream(request.messages())) as stream:
                 async for piece in stream:
-                    if conn.closed:
+                    if conn.closed and self.bus is None:
                         # Closed, but the transport has not cancelled this task yet: stop now,
                         # which closes the upstream request.
                         return "disconnected"
@@ -350,21 +456,29 @@ class AIChat:
                         answer.first_chunk_after = time.monotonic() - answer.started
                     answer.chunks += 1
                     pieces.append(piece)
-                    await conn.emit("ai:response:chunk", {"messageId": message_id, "chunk": piece})
+                    await batcher.add(piece)
+            await batcher.flush()
         except AIError as exc:
+            await batcher.flush()  # what arrived before the failure is still the user's
             failure = (exc.code, exc.retryable)
         except Exception:
             log.exception("ai_chat_failed", messageId=message_id, socketId=conn.id)
             failure = ("internal_error", True)
+        finally:
+            batcher.cancel()
         # Over, one way or the other: no longer cancellable, so `ai:cancel` can never answer
         # after the last event below.
         self._forget(conn, answer)
         if failure is not None:
             code, retryable = failure
-            await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+            await self._send(
+                conn, "ai:response:error", _error_data(answer, code, retryable=retryable)
+            )
             return code
-        await conn.emit(
-            "ai:response:complete", {"messageId": message_id, "fullResponse": "".join(pieces)}
+        await self._send(
+            conn,
+            "ai:response:complete",
+            {"messageId": message_id, "fullResponse": "".join(pieces)},
         )
         return "complete"
 
@@ -372,7 +486,7 @@ class AIChat:
         self, conn: Connection, answer: _Answer, code: FailureCode, *, retryable: bool
     ) -> None:
         """Answer a request that is not streamed at all: only its error event, and the log."""
-        await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+        await self._send(conn, "ai:response:error", _error_data(answer, code, retryable=retryable))
         self._log(conn, answer, code)
 
     def _forget(self, conn: Connection, answer: _Answer) -> None:
@@ -382,6 +496,7 @@ class AIChat:
         del answers[answer.message_id]
         if not answers:
             del self._answers[conn.id]
+            self.resumed(conn.id)  # nothing left to wait for: the countdown goes too
 
     def _log(self, conn: Connection, answer: _Answer, outcome: str) -> None:
         """The answer's one log line, and its metrics."""
