@@ -7,6 +7,7 @@ that :meth:`Gateway.logs` parses.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -80,6 +81,19 @@ class Gateway:
             if time.monotonic() > deadline:
                 raise AssertionError(f"no log {event} {fields} in:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
+
+    async def wait_for_log_async(
+        self, event: str, timeout: float = 5.0, **fields: Any
+    ) -> dict[str, Any]:
+        """:meth:`wait_for_log` for async tests: the event loop keeps running meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.wait_for_log(event, timeout=0, **fields)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the process and wait for it; returns its exit code (kills it if it hangs)."""

@@ -7,7 +7,9 @@ after :meth:`SilenceableProxy.silence` pass normally.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 
 from support.gateway import free_port
@@ -22,6 +24,8 @@ class _Pair:
         self.client = client
         self.upstream = upstream
         self.silent = False
+        #: Being cut: the one cutting closes the sockets, not the pump threads.
+        self.cutting = False
 
     def close(self) -> None:
         for sock in (self.client, self.upstream):
@@ -80,7 +84,8 @@ class SilenceableProxy:
                     sink.sendall(data)
         except OSError:
             pass
-        pair.close()
+        if not pair.cutting:
+            pair.close()
 
 
 class CuttableProxy(SilenceableProxy):
@@ -98,8 +103,9 @@ class CuttableProxy(SilenceableProxy):
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
-            for sock in (pair.client, pair.upstream):
-                _reset(sock)
+            pair.cutting = True
+            _reset(pair.client, pair.upstream)
+            pair.close()
         return len(pairs)
 
     def mend(self) -> None:
@@ -116,14 +122,19 @@ class CuttableProxy(SilenceableProxy):
                 return
             if self._down:
                 _reset(client)
+                client.close()  # no pump thread owns this one
                 continue
             self._forward(client)
 
 
-def _reset(sock: socket.socket) -> None:
-    # SO_LINGER 0: close() sends a reset at once, as a vanished network path ends a connection.
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    sock.close()
+def _reset(*sockets: socket.socket) -> None:
+    """Make the sockets' closes resets, as a vanished network path ends a connection.
+
+    SO_LINGER 0 makes the last close send a reset; SHUT_RD first wakes a pump thread blocked in
+    ``recv()`` without sending anything (a socket closed while a thread is inside ``recv()`` on
+    it stays open in the kernel until that call returns, and its peer would never hear of it).
+    """
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RD)
