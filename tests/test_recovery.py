@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -258,8 +259,10 @@ async def test_socketio_client_recovers_with_same_id_and_every_missed_event(
         connect, _ = await client.until("connect")
         assert connect["recovered"] is False
         greeting = await client.line()
-        # The greeting already carries a position: a client that received nothing else resumes.
-        assert greeting["name"] == "connected" and isinstance(greeting["args"][-1], str)
+        assert greeting["name"] == "connected" and len(greeting["args"]) == 1
+        await push(first, user, 0)
+        live = await client.line()
+        assert notices([live]) == [0] and isinstance(live["args"][-1], str)  # its offset
 
         proxy.cut()
         await first.wait_for_log_async("disconnect", socketId=connect["id"])
@@ -278,6 +281,26 @@ async def test_socketio_client_recovers_with_same_id_and_every_missed_event(
         assert notices(missed) == [1, 2, 3]
         await push(first, user, 4)
         assert notices([await client.line()]) == [4]
+    finally:
+        await client.stop()
+
+
+async def test_socketio_client_that_received_nothing_yet_still_recovers(
+    single: Gateway, proxy_to: Callable[..., CuttableProxy], make_token: MakeToken
+) -> None:
+    proxy = proxy_to(single)
+    client = await NodeSocketIO.start(f"http://127.0.0.1:{proxy.port}", make_token(user_id=9801))
+    try:
+        connect, _ = await client.until("connect")
+        await client.line()  # the greeting: no recoverable event, so no offset yet
+        proxy.cut()
+        await single.wait_for_log_async("disconnect", socketId=connect["id"])
+        await push(single, "user:9801", 1)
+        proxy.mend()
+        again, _ = await client.until("connect")
+        assert (again["recovered"], again["id"]) == (True, connect["id"])
+        await client.line()  # the greeting
+        assert notices([await client.line()]) == [1]
     finally:
         await client.stop()
 
@@ -311,7 +334,7 @@ async def test_a_deploy_loses_nothing(
         old.stop()
 
 
-# -- resumes that cannot be honoured ------------------------------------------------------------------
+# -- resumes that cannot be honoured ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -462,3 +485,38 @@ async def test_an_ai_answer_nobody_resumes_is_cancelled_when_its_window_ends(
     entry = await node_a.wait_for_log_async("ai_chat", messageId=tag)
     assert entry["outcome"] == "abandoned"
     await client.close()
+
+
+async def test_an_answer_whose_producer_was_killed_ends_interrupted_not_hanging(
+    database_url: str, redis_url: str, fake: FakeModel, make_token: MakeToken
+) -> None:
+    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
+    env = {"AI_BASE_URL": fake.base_url, "AI_MODEL": "fake-model"}
+    producer = start_node(database_url, redis_url, prefix, **env)
+    other = start_node(database_url, redis_url, prefix, **env)
+    try:
+        token = make_token(user_id=6603, logged_in=True)
+        client = Native()
+        await client.connect(producer.port, token)
+        tag = uuid.uuid4().hex[:8]
+        await client._ws.send_json(
+            {
+                "event": "ai:chat",
+                "data": {"message": f"{tag} [[chunks=100 delay=0.1]]", "messageId": tag},
+            }
+        )
+        while (await client.next())["event"] != "ai:response:chunk":
+            pass
+        producer.stop(signal.SIGKILL)
+
+        again = await client.connect(other.port, token, resume=True)
+        assert again["recovered"] is True  # the state was saved at connect: a SIGKILL keeps it
+        while (frame := await client.next(timeout=20))["event"] != "ai:response:error":
+            assert frame["event"] == "ai:response:chunk", frame
+        assert frame["data"]["messageId"] == tag
+        assert (frame["data"]["code"], frame["data"]["retryable"]) == ("interrupted", True)
+        await client.quiet()
+        await client.close()
+    finally:
+        other.stop()
+        producer.stop(signal.SIGKILL)

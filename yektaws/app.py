@@ -23,7 +23,15 @@ from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
 from yektaws.recheck import SessionRechecker
-from yektaws.recovery import MemoryStates, Recovery, RedisStates, StateStore
+from yektaws.recovery import (
+    MemoryStates,
+    MemoryStreams,
+    Recovery,
+    RedisStates,
+    RedisStreams,
+    StateStore,
+    StreamRegistry,
+)
 from yektaws.sessions import SessionStore, open_store
 from yektaws.settings import Settings
 from yektaws.transports.native import NativeTransport
@@ -62,7 +70,7 @@ def create_app(
     recovery = open_recovery(settings, gateway, bus)
     if recovery is not None:
         gateway.recovery = bus.recovery = recovery
-        ai_chat.bus = bus
+        ai_chat.bus, ai_chat.streams = bus, recovery.streams
         recovery.on_resumed(ai_chat.resumed)
         app[RECOVERY_KEY] = recovery
     app[GATEWAY_KEY] = gateway
@@ -89,13 +97,16 @@ def open_recovery(settings: Settings, gateway: Gateway, bus: Bus) -> Recovery | 
         return None
     window = settings.recovery_window
     states: StateStore
+    streams: StreamRegistry
     if isinstance(bus, RedisBus):
         states = RedisStates(bus.redis, settings.redis_prefix, window)
+        streams = RedisStreams(bus.redis, settings.redis_prefix, bus.node_id, bus.nodes_alive)
     else:
-        states = MemoryStates(window)
+        states, streams = MemoryStates(window), MemoryStreams()
     recovery = Recovery(
         log=bus.log,
         states=states,
+        streams=streams,
         hub=gateway.hub,
         metrics=gateway.metrics,
         node=bus.node_id,

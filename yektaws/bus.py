@@ -387,6 +387,13 @@ class RedisBus(Bus):
         self._metrics.bus_published.labels("emit").inc()
         return Delivery(local, "ok", receivers)
 
+    async def nodes_alive(self, nodes: list[str]) -> list[bool]:
+        """Whether each of ``nodes`` is still in the cluster (its key has not expired)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.exists(self._node_prefix + node)
+            return [bool(found) for found in await pipe.execute()]
+
     async def announce_resumed(self, socket_id: str) -> None:
         """Tell every node that ``socket_id`` resumed here (an older incarnation must go)."""
         await self._publish(self.channel, "resumed", {"socket": socket_id})

@@ -146,13 +146,16 @@ class Connection(ABC):
         await self._send_event(event, data, None)
 
     async def greet(self, event: str, data: Any) -> None:
-        """Send the connection's first event; on a recoverable connection it carries the
-        position the connection starts from, so a client that hears nothing else can resume."""
+        """Send the connection's first event; where the greeting carries the recovery handle
+        (native), it also carries the position the connection starts from. (A Socket.IO client
+        that received no recoverable event resumes without an offset, from that same position;
+        no position on its greeting keeps python-socketio handlers of one argument working.)"""
         if self.closed:
             return
         self._metrics.event_out(event)
         link = self.recovery
-        await self._send_event(event, data, None if link is None else link.position)
+        shown = link.position if link is not None and link.handle_in_greeting else None
+        await self._send_event(event, data, shown)
 
     async def deliver(
         self, event: str, data: Any, position: str, *, replaying: bool = False

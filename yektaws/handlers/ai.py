@@ -64,6 +64,7 @@ from yektaws.connection import Connection
 from yektaws.dispatcher import BadRequest, Dispatcher, Reply
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
+from yektaws.recovery import STORE_ERRORS, StreamRegistry
 from yektaws.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,6 +94,13 @@ MAX_MESSAGE_ID_CHARS = 64
 #: one for at most ``AI_TIMEOUT`` and then ends as a ``timeout``.
 MAX_UPSTREAM_CONNECTIONS = 100
 
+#: How often, and how many times, the node where a socket resumed checks that the producers of
+#: its answers in progress are alive (a dead one's answers end with ``interrupted``).
+PRODUCER_WATCH_INTERVAL = 2.0
+PRODUCER_WATCH_ROUNDS = 1800
+#: Seconds a registry write may take before the answer goes on without it.
+REGISTRY_TIMEOUT = 1.0
+
 _MESSAGE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_MESSAGE_ID_CHARS}}}")
 _HISTORY_ROLES = frozenset({"user", "assistant"})
 
@@ -106,6 +114,7 @@ FailureCode = Literal[
     "ai_disabled",
     "too_many_streams",
     "cancelled",
+    "interrupted",
     "internal_error",
 ]
 
@@ -138,6 +147,10 @@ _ERROR_TEXTS: dict[FailureCode, dict[Language, str]] = {
     "cancelled": {
         "fa": "پاسخ متوقف شد.",
         "en": "The answer was stopped.",
+    },
+    "interrupted": {
+        "fa": "پاسخ به دلیل از دسترس خارج شدن سرور ناتمام ماند. لطفاً دوباره بپرسید.",
+        "en": "The answer was interrupted because a server went down. Please ask again.",
     },
     "internal_error": {
         "fa": "مشکلی پیش آمد. لطفاً دوباره تلاش کنید.",
@@ -282,9 +295,15 @@ class _Batcher:
 
 def _error_data(answer: _Answer, code: FailureCode, *, retryable: bool) -> dict[str, Any]:
     """The ``ai:response:error`` data for ``answer``, its text in the answer's language."""
+    return _failure(answer.message_id, answer.language, code, retryable=retryable)
+
+
+def _failure(
+    message_id: str, language: Language, code: FailureCode, *, retryable: bool
+) -> dict[str, Any]:
     return {
-        "messageId": answer.message_id,
-        "error": _ERROR_TEXTS[code][answer.language],
+        "messageId": message_id,
+        "error": _ERROR_TEXTS[code][language],
         "code": code,
         "retryable": retryable,
     }
@@ -320,6 +339,9 @@ class AIChat:
         self._chunk_interval = settings.ai_chunk_interval
         #: Socket id -> the countdown of its lost connection's answers.
         self._orphans: dict[str, asyncio.TimerHandle] = {}
+        #: Answers in progress across the cluster (set with :attr:`bus`).
+        self.streams: StreamRegistry | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -365,11 +387,34 @@ class AIChat:
             self._resume_window, self._abandon, conn.id
         )
 
-    def resumed(self, socket_id: str) -> None:
-        """The socket came back (on any node): its answers stream on to it."""
+    def resumed(self, socket_id: str, here: bool) -> None:
+        """The socket came back (on any node): its answers stream on to it. Where it came back,
+        answers whose producer died are ended with ``interrupted`` instead of never ending."""
         timer = self._orphans.pop(socket_id, None)
         if timer is not None:
             timer.cancel()
+        if here and self.streams is not None:
+            watcher = asyncio.get_running_loop().create_task(self._watch_producers(socket_id))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch_producers(self, socket_id: str) -> None:
+        assert self.streams is not None
+        for _ in range(PRODUCER_WATCH_ROUNDS):
+            try:
+                orphans, still_open = await self.streams.orphans(socket_id)
+                for message_id, language in orphans.items():
+                    data = _failure(
+                        message_id, language_for(language), "interrupted", retryable=True
+                    )
+                    await self._send_to(socket_id, "ai:response:error", data)
+                    log.info("ai_chat_interrupted", messageId=message_id, socketId=socket_id)
+            except STORE_ERRORS as exc:
+                log.warning("ai_producer_check_failed", error=type(exc).__name__)
+                still_open = 1
+            if not still_open:
+                return
+            await asyncio.sleep(PRODUCER_WATCH_INTERVAL)
 
     def _abandon(self, socket_id: str) -> None:
         self._orphans.pop(socket_id, None)
@@ -381,7 +426,25 @@ class AIChat:
         if self.bus is None:
             await conn.emit(event, data)
         else:
-            await self.bus.emit(conn.id, event, data)
+            await self._send_to(conn.id, event, data)
+
+    async def _send_to(self, socket_id: str, event: str, data: dict[str, Any]) -> None:
+        # The socket's own room, through the bus: a recoverable event, wherever the socket is.
+        assert self.bus is not None
+        await self.bus.emit(socket_id, event, data)
+
+    async def _registry(self, opened: bool, conn: Connection, answer: _Answer) -> None:
+        """Tell the cluster's registry that ``answer`` is produced here, or is over."""
+        if self.streams is None:
+            return
+        try:
+            async with asyncio.timeout(REGISTRY_TIMEOUT):
+                if opened:
+                    await self.streams.opened(conn.id, answer.message_id, answer.language)
+                else:
+                    await self.streams.closed(conn.id, answer.message_id)
+        except STORE_ERRORS as exc:
+            log.warning("ai_registry_failed", error=type(exc).__name__)
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -406,6 +469,7 @@ class AIChat:
         self._metrics.ai_streams_active.inc()
         outcome = "internal_error"
         try:
+            await self._registry(True, conn, answer)
             outcome = await self._stream(conn, client, request, answer)
         except asyncio.CancelledError:
             if answer.cancel_requested:
@@ -417,6 +481,9 @@ class AIChat:
             self._metrics.ai_streams_active.dec()
             self._forget(conn, answer)
             self._log(conn, answer, outcome)
+            if self.streams is not None:
+                # Shielded: a cancelled answer must still leave the registry.
+                await asyncio.shield(self._registry(False, conn, answer))
 
     async def cancel(self, conn: Connection, data: Any) -> Reply:
         """Stop the answer named by ``messageId``; reply with its ``cancelled`` error."""
@@ -496,7 +563,9 @@ class AIChat:
         del answers[answer.message_id]
         if not answers:
             del self._answers[conn.id]
-            self.resumed(conn.id)  # nothing left to wait for: the countdown goes too
+            timer = self._orphans.pop(conn.id, None)  # nothing left to wait for
+            if timer is not None:
+                timer.cancel()
 
     def _log(self, conn: Connection, answer: _Answer, outcome: str) -> None:
         """The answer's one log line, and its metrics."""

@@ -39,9 +39,10 @@ from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
 from yektaws.recovery.log import EventLog, LogEntry, PositionKey, position_key
 from yektaws.recovery.states import SavedState, StateStore
+from yektaws.recovery.streams import StreamRegistry
 from yektaws.sessions import Session
 
-__all__ = ["Link", "Recovery", "ResumeRequest"]
+__all__ = ["STORE_ERRORS", "Link", "Recovery", "ResumeRequest"]
 
 log = get_logger("yektaws.recovery")
 
@@ -49,23 +50,31 @@ log = get_logger("yektaws.recovery")
 STORE_ERRORS = (RedisError, OSError, TimeoutError)
 #: Seconds one state or log operation may take before the connection goes on without recovery.
 OPERATION_TIMEOUT = 2.0
+#: Seconds between two readings of the log's size and age for the metrics.
+STATS_INTERVAL = 5.0
 #: Longest ``pid`` or ``offset`` a client may present (ours are far shorter).
 MAX_HANDLE_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
 class ResumeRequest:
-    """What a client presents to resume: the state it held and the last position it saw."""
+    """What a client presents to resume: the state it held and the last position it saw.
+
+    ``offset`` is ``None`` for a client that saw no position: it received no recoverable event,
+    so it resumes from where its connection started (socket.io-client sends no offset then).
+    """
 
     pid: str
-    offset: str
+    offset: str | None
 
     @classmethod
     def of(cls, pid: Any, offset: Any) -> ResumeRequest | None:
-        """A request from untrusted values, or ``None`` when they are not a pair of handles."""
-        if not isinstance(pid, str) or not isinstance(offset, str):
+        """A request from untrusted values, or ``None`` when they are not one."""
+        if not isinstance(pid, str) or not 0 < len(pid) <= MAX_HANDLE_CHARS:
             return None
-        if not 0 < len(pid) <= MAX_HANDLE_CHARS or not 0 < len(offset) <= MAX_HANDLE_CHARS:
+        if offset is None:
+            return cls(pid, None)
+        if not isinstance(offset, str) or not 0 < len(offset) <= MAX_HANDLE_CHARS:
             return None
         try:
             position_key(offset)
@@ -118,6 +127,7 @@ class Recovery:
         *,
         log: EventLog,
         states: StateStore,
+        streams: StreamRegistry,
         hub: Hub,
         metrics: Metrics,
         node: str,
@@ -126,6 +136,8 @@ class Recovery:
     ) -> None:
         self.log = log
         self.states = states
+        #: Answers in progress per socket (the AI handler registers its own).
+        self.streams = streams
         self._hub = hub
         self._metrics = metrics
         self._node = node
@@ -133,7 +145,7 @@ class Recovery:
         self.window = window
         #: Tells the other nodes that a socket resumed here (set by the bus).
         self.announce: Callable[[str], Awaitable[None]] | None = None
-        self._resumed_hooks: list[Callable[[str], None]] = []
+        self._resumed_hooks: list[Callable[[str, bool], None]] = []
         #: pid -> state of every recoverable connection open here.
         self._live: dict[str, SavedState] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -153,8 +165,8 @@ class Recovery:
         if self._background:
             await asyncio.wait(self._background, timeout=OPERATION_TIMEOUT)
 
-    def on_resumed(self, hook: Callable[[str], None]) -> None:
-        """Call ``hook(socket_id)`` whenever a socket resumes, here or on another node."""
+    def on_resumed(self, hook: Callable[[str, bool], None]) -> None:
+        """Call ``hook(socket_id, here)`` whenever a socket resumes, here or on another node."""
         self._resumed_hooks.append(hook)
 
     # -- 1. the handshake ------------------------------------------------------------------------
@@ -195,6 +207,7 @@ class Recovery:
         new_socket_id: Callable[[], str],
     ) -> Link:
         socket_id = new_socket_id()
+        position = self._position()
         state = SavedState(
             pid=secrets.token_urlsafe(18),
             incarnation=secrets.token_hex(8),
@@ -206,8 +219,8 @@ class Recovery:
             rooms=tuple(rooms_of(socket_id, session.user_id)),
             node=self._node,
             since=time.time(),
+            start=position,
         )
-        position = self._position()
         await self.states.save(state)
         self._live[state.pid] = state
         return Link(state, handle_in_greeting, False, position, position_key(position))
@@ -221,40 +234,39 @@ class Recovery:
         handle_in_greeting: bool,
     ) -> Link | None:
         state = await self.states.get(request.pid)
-        outcome = await self._refusal(state, session, protocol, namespace, request)
-        if state is None or outcome is not None:
-            self._count(protocol, outcome or "unknown")
+        if state is None:
+            self._count(protocol, "unknown")  # never existed, or its window passed
+            return None
+        position = request.offset or state.start
+        outcome = await self._refusal(state, session, protocol, namespace, position)
+        if outcome is not None:
+            self._count(protocol, outcome)
             return None
         successor = replace(
-            state, incarnation=secrets.token_hex(8), node=self._node, since=time.time()
+            state,
+            incarnation=secrets.token_hex(8),
+            node=self._node,
+            since=time.time(),
+            start=position,
         )
         if not await self.states.take(state, successor):
             self._count(protocol, "taken")  # another handshake with the same pid won
             return None
         self._live[successor.pid] = successor
         await self._take_over(successor.socket_id)
-        return Link(
-            successor, handle_in_greeting, True, request.offset, position_key(request.offset)
-        )
+        return Link(successor, handle_in_greeting, True, position, position_key(position))
 
     async def _refusal(
-        self,
-        state: SavedState | None,
-        session: Session,
-        protocol: str,
-        namespace: str,
-        request: ResumeRequest,
+        self, state: SavedState, session: Session, protocol: str, namespace: str, position: str
     ) -> str | None:
-        """Why ``state`` cannot be resumed by this handshake, or ``None`` if it can."""
-        if state is None:
-            return "unknown"  # never existed, or its window passed
+        """Why ``state`` cannot be resumed from ``position`` by this handshake, or ``None``."""
         if state.token_digest != token_digest(session.token):
             return "session_mismatch"
         if state.protocol != protocol or state.namespace != namespace:
             return "protocol_mismatch"
         if state.revoked_by(await self.states.revocations(state)):
             return "revoked"
-        if not await self.log.serves(request.offset):
+        if not await self.log.serves(position):
             return "trimmed"
         return None
 
@@ -263,12 +275,13 @@ class Recovery:
         log.info("resume_refused", protocol=protocol, outcome=outcome)
 
     async def _take_over(self, socket_id: str) -> None:
-        self.resumed_elsewhere(socket_id)
+        self.resumed_elsewhere(socket_id, here=True)
         if self.announce is not None:
             await self.announce(socket_id)
 
-    def resumed_elsewhere(self, socket_id: str) -> None:
-        """A socket resumed (here or on another node): drop an older incarnation of it here."""
+    def resumed_elsewhere(self, socket_id: str, *, here: bool = False) -> None:
+        """A socket resumed (``here``, or on another node): drop an older incarnation of it
+        that this node still holds, and tell the hooks."""
         old = self._hub.get(socket_id)
         if old is not None:
             if old.recovery is not None:
@@ -277,7 +290,7 @@ class Recovery:
             self._hub.remove(old)
             self._spawn(old.abandon())
         for hook in self._resumed_hooks:
-            hook(socket_id)
+            hook(socket_id, here)
 
     # -- 2. around the greeting -------------------------------------------------------------------
 
@@ -350,12 +363,18 @@ class Recovery:
         task.add_done_callback(self._background.discard)
 
     async def _refresh_forever(self) -> None:
-        period = max(1.0, self.window / 3)
+        # Live states are refreshed three times per window, so none expires under a live
+        # connection; the log's figures for the metrics are read more often.
+        refresh_every = max(1.0, self.window / 3)
+        refreshed = asyncio.get_running_loop().time()
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(min(STATS_INTERVAL, refresh_every))
             try:
                 async with asyncio.timeout(OPERATION_TIMEOUT * 5):
-                    await self.states.refresh(list(self._live.values()))
+                    now = asyncio.get_running_loop().time()
+                    if now - refreshed >= refresh_every:
+                        await self.states.refresh(list(self._live.values()))
+                        refreshed = now
                     entries, age = await self.log.stats()
             except STORE_ERRORS as exc:
                 log.warning("recovery_refresh_failed", error=type(exc).__name__)

@@ -54,6 +54,9 @@ class SavedState:
     node: str
     #: Wall-clock time the incarnation began (compared with revocations).
     since: float
+    #: The position the incarnation started from: where a client that holds no position (it
+    #: received no recoverable event) resumes from.
+    start: str
     #: The last position delivered, recorded when the connection ended.
     offset: str | None = None
 

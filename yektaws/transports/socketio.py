@@ -326,10 +326,15 @@ class SocketIOTransport:
             await self._send(eio_sid, sio_packet.CONNECT_ERROR, error, namespace)
             return
         link = None
-        if gateway.recovery is not None:
-            resume = ResumeRequest.of(auth.get("pid"), auth.get("offset")) if isinstance(
-                auth, dict
-            ) else None
+        options = auth if isinstance(auth, dict) else {}
+        # `auth.recovery: false` opts out (no pid, no offsets: for clients whose handlers take
+        # exactly one argument, such as some python-socketio apps).
+        if gateway.recovery is not None and options.get("recovery") is not False:
+            resume = (
+                ResumeRequest.of(options["pid"], options.get("offset"))
+                if ("pid" in options)
+                else None
+            )
             link = await gateway.recovery.open(
                 session,
                 protocol=SocketIOConnection.protocol,
