@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from yektaws.admission import Admission, OriginPolicy
 from yektaws.auth import Authenticator
@@ -18,9 +19,11 @@ from yektaws.dispatcher import Dispatcher
 from yektaws.hub import Hub
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
-from yektaws.recovery import Recovery
 from yektaws.sessions import SessionStore
 from yektaws.settings import Settings
+
+if TYPE_CHECKING:
+    from yektaws.recovery import Recovery
 
 __all__ = ["Gateway"]
 
