@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import socketio
@@ -188,7 +188,7 @@ class SocketIOConnection(Connection):
         await self._server.eio.send(self.eio_sid, encoded)
 
     @staticmethod
-    def _backlog(queue: Any) -> int:
+    def _backlog(queue: DirectSendQueue | asyncio.Queue[Any]) -> int:
         """Bytes (websocket) or nominal bytes (polling packets) waiting for this client."""
         if isinstance(queue, DirectSendQueue):
             return queue.transport.get_write_buffer_size() + queue.pending
@@ -284,7 +284,7 @@ class SocketIOTransport:
         if request.method == "POST" and (request.content_length or 0) > self._max_body:
             # python-engineio would read nothing and answer nothing; the spec wants 413.
             return web.Response(status=413, text="Payload too large")
-        return await self.server.handle_request(request)
+        return cast(web.StreamResponse, await self.server.handle_request(request))
 
     # -- ids ---------------------------------------------------------------------------------------
 
