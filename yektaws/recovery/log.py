@@ -247,9 +247,11 @@ class RedisLog(EventLog):
         after = position
         while True:
             page = await self._redis.xrange(self.key, min=f"({after}", max="+", count=READ_PAGE)
+            if not page:
+                return
             for raw_id, fields in page:
                 after = _text(raw_id)
-                yield entry_from_message(after, orjson.loads(fields[b"m"]))
+                yield entry_from_message(after, orjson.loads((fields or {})[b"m"]))
             if len(page) < READ_PAGE:
                 return
 

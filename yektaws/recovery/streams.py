@@ -75,7 +75,9 @@ class RedisStreams(StreamRegistry):
         key = self._prefix + socket_id
         value = orjson.dumps({"node": self._node, "language": language})
         async with self._redis.pipeline(transaction=True) as pipe:
-            await pipe.hset(key, stream_id, value).expire(key, REGISTRY_TTL).execute()
+            pipe.hset(key, stream_id, value)
+            pipe.expire(key, REGISTRY_TTL)
+            await pipe.execute()
 
     async def closed(self, socket_id: str, stream_id: str) -> None:
         await self._redis.hdel(self._prefix + socket_id, stream_id)

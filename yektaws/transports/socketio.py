@@ -292,7 +292,7 @@ class SocketIOTransport:
         # Polling affinity under --workers: the proxy sends `sid=w<i>.…` back to worker i. "."
         # never occurs in python-engineio's own ids (base64url), so no unprefixed id can be
         # mistaken for a worker's.
-        return self._sid_prefix + self._generate_id()
+        return self._sid_prefix + str(self._generate_id())
 
     def _next_id(self) -> str:
         """python-engineio's id generator, as python-socketio's manager calls it for a socket."""
