@@ -458,6 +458,40 @@ async def test_an_ai_answer_survives_a_cut_and_finishes_on_the_other_node(
     await client.close()
 
 
+async def test_ai_cancel_from_the_node_it_resumed_on_stops_the_answer_on_its_producer(
+    cluster: list[Gateway],
+    proxy_to: Callable[..., CuttableProxy],
+    make_token: MakeToken,
+    fake: FakeModel,
+) -> None:
+    node_a, node_b = cluster
+    token = make_token(user_id=6604, logged_in=True)
+    proxy = proxy_to(node_a)
+    client = Native()
+    await client.connect(proxy.port, token)
+    tag = uuid.uuid4().hex[:8]
+    await client._ws.send_json(
+        {
+            "event": "ai:chat",
+            "data": {"message": f"{tag} [[chunks=200 delay=0.1]]", "messageId": tag},
+        }
+    )
+    while (await client.next())["event"] != "ai:response:chunk":
+        pass
+    proxy.cut()
+    assert (await client.connect(node_b.port, token, resume=True))["recovered"] is True
+
+    await client._ws.send_json({"event": "ai:cancel", "data": {"messageId": tag}})
+    while (frame := await client.next())["event"] == "ai:response:chunk":
+        pass
+    assert frame["event"] == "ai:response:error"
+    assert (frame["data"]["messageId"], frame["data"]["code"]) == (tag, "cancelled")
+    request = next(r for r in fake.requests if tag in r.body["messages"][-1]["content"])
+    await asyncio.wait_for(request.disconnected.wait(), 2)
+    await client.quiet()
+    await client.close()
+
+
 async def test_an_ai_answer_nobody_resumes_is_cancelled_when_its_window_ends(
     cluster: list[Gateway],
     proxy_to: Callable[..., CuttableProxy],

@@ -19,6 +19,7 @@ from yektaws.bus import BUS_KEY, Bus, RedisBus, open_bus
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
+from yektaws.handlers.ai import CANCEL_SIGNAL
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
@@ -72,6 +73,7 @@ def create_app(
         gateway.recovery = bus.recovery = recovery
         ai_chat.bus, ai_chat.streams = bus, recovery.streams
         recovery.on_resumed(ai_chat.resumed)
+        bus.on_signal(CANCEL_SIGNAL, ai_chat.cancelled_elsewhere)
         app[RECOVERY_KEY] = recovery
     app[GATEWAY_KEY] = gateway
     app[BUS_KEY] = bus

@@ -44,6 +44,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -200,6 +201,7 @@ class Bus(abc.ABC):
         self.recovery: Recovery | None = None
         #: The recovery log, when recovery is on.
         self.log: EventLog | None = None
+        self._signals: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
 
     @property
     def node_id(self) -> str:
@@ -209,6 +211,15 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def position(self) -> str:
         """The newest recovery-log position applied here: where a new connection starts."""
+
+    def on_signal(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Call ``handler(payload)`` for each signal ``name`` sent from another node."""
+        self._signals[name] = handler
+
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        """Send ``payload`` to the ``name`` handlers of the other nodes; False if it could not
+        go (no other nodes: a local bus; or no broker)."""
+        return False
 
     async def _revoke(self, target: Target) -> None:
         """Keep the saved states ``target`` names from being resumed (the server API ended
@@ -394,6 +405,10 @@ class RedisBus(Bus):
                 pipe.exists(self._node_prefix + node)
             return [bool(found) for found in await pipe.execute()]
 
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        message = {"name": name, "payload": payload}
+        return await self._publish(self.channel, "signal", message) is not None
+
     async def announce_resumed(self, socket_id: str) -> None:
         """Tell every node that ``socket_id`` resumed here (an older incarnation must go)."""
         await self._publish(self.channel, "resumed", {"socket": socket_id})
@@ -555,6 +570,10 @@ class RedisBus(Bus):
         elif kind == "resumed":
             if self.recovery is not None:
                 self.recovery.resumed_elsewhere(message["socket"])
+        elif kind == "signal":
+            handler = self._signals.get(message["name"])
+            if handler is not None:
+                await handler(message["payload"])
         elif kind == "presence":
             connections = self.local.presence(message["user"])
             answer = {"query": message["query"], "connections": connections}
