@@ -29,6 +29,7 @@ from support.tcpproxy import CuttableProxy
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 JS = Path(__file__).parent / "js"
+FINAL = ("ai:response:complete", "ai:response:error")
 MakeToken = Callable[..., str]
 
 
@@ -135,6 +136,16 @@ class Native:
 
     async def next(self, timeout: float = 5.0) -> dict[str, Any]:
         return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def ask_ai(self, directive: str) -> str:
+        """Send an ``ai:chat`` whose fake answer follows ``directive``; wait for its first
+        chunk; return its messageId."""
+        tag = uuid.uuid4().hex[:8]
+        data = {"message": f"{tag} {directive}", "messageId": tag}
+        await self._ws.send_json({"event": "ai:chat", "data": data})
+        while (await self.next())["event"] != "ai:response:chunk":
+            pass
+        return tag
 
     async def notices(self, count: int) -> list[int]:
         return [(await self.next())["data"]["n"] for _ in range(count)]
@@ -429,25 +440,18 @@ async def test_an_ai_answer_survives_a_cut_and_finishes_on_the_other_node(
     proxy = proxy_to(node_a)
     client = Native()
     await client.connect(proxy.port, token)
-    tag = uuid.uuid4().hex[:8]
-    await client._ws.send_json(
-        {
-            "event": "ai:chat",
-            "data": {"message": f"{tag} [[chunks=20 delay=0.1]]", "messageId": tag},
-        }
-    )
-    seen = []
-    while len([f for f in seen if f["event"] == "ai:response:chunk"]) < 2:
-        seen.append(await client.next())
+    tag = await client.ask_ai("[[chunks=20 delay=0.1]]")
+    while (await client.next())["event"] != "ai:response:chunk":
+        pass  # the second chunk
     proxy.cut()
     await asyncio.sleep(1.0)
 
     again = await client.connect(node_b.port, token, resume=True)
     assert again["recovered"] is True
-    while seen[-1]["event"] not in ("ai:response:complete", "ai:response:error"):
-        seen.append(await client.next(timeout=10))
+    while (await client.next(timeout=10))["event"] not in FINAL:
+        pass
 
-    answer = [f for f in seen if f["data"].get("messageId") == tag]
+    answer = [f for f in client.frames if f["data"].get("messageId") == tag]
     assert answer[0]["event"] == "ai:response:start"
     assert answer[-1]["event"] == "ai:response:complete"
     chunks = "".join(f["data"]["chunk"] for f in answer if f["event"] == "ai:response:chunk")
@@ -469,15 +473,7 @@ async def test_ai_cancel_from_the_node_it_resumed_on_stops_the_answer_on_its_pro
     proxy = proxy_to(node_a)
     client = Native()
     await client.connect(proxy.port, token)
-    tag = uuid.uuid4().hex[:8]
-    await client._ws.send_json(
-        {
-            "event": "ai:chat",
-            "data": {"message": f"{tag} [[chunks=200 delay=0.1]]", "messageId": tag},
-        }
-    )
-    while (await client.next())["event"] != "ai:response:chunk":
-        pass
+    tag = await client.ask_ai("[[chunks=200 delay=0.1]]")
     proxy.cut()
     assert (await client.connect(node_b.port, token, resume=True))["recovered"] is True
 
@@ -502,15 +498,7 @@ async def test_an_ai_answer_nobody_resumes_is_cancelled_when_its_window_ends(
     proxy = proxy_to(node_a)
     client = Native()
     await client.connect(proxy.port, make_token(user_id=6602))
-    tag = uuid.uuid4().hex[:8]
-    await client._ws.send_json(
-        {
-            "event": "ai:chat",
-            "data": {"message": f"{tag} [[chunks=200 delay=0.1]]", "messageId": tag},
-        }
-    )
-    while (await client.next())["event"] != "ai:response:chunk":
-        pass
+    tag = await client.ask_ai("[[chunks=200 delay=0.1]]")
     proxy.cut()
     request = next(r for r in fake.requests if tag in r.body["messages"][-1]["content"])
     await asyncio.sleep(1.5)
@@ -532,15 +520,7 @@ async def test_an_answer_whose_producer_was_killed_ends_interrupted_not_hanging(
         token = make_token(user_id=6603, logged_in=True)
         client = Native()
         await client.connect(producer.port, token)
-        tag = uuid.uuid4().hex[:8]
-        await client._ws.send_json(
-            {
-                "event": "ai:chat",
-                "data": {"message": f"{tag} [[chunks=100 delay=0.1]]", "messageId": tag},
-            }
-        )
-        while (await client.next())["event"] != "ai:response:chunk":
-            pass
+        tag = await client.ask_ai("[[chunks=100 delay=0.1]]")
         producer.stop(signal.SIGKILL)
 
         again = await client.connect(other.port, token, resume=True)
