@@ -203,7 +203,7 @@ def _number(request: web.Request, name: str, default: float) -> float:
 
 
 def _limit(request: web.Request) -> int:
-    limit = _number(request, "limit", DEFAULT_PAGE)
+    limit = _number(request, "limit", float(DEFAULT_PAGE))
     if not limit.is_integer() or not 1 <= limit <= MAX_PAGE:
         raise BadRequest(f"'limit' must be a whole number from 1 to {MAX_PAGE}")
     return int(limit)
