@@ -4,7 +4,8 @@
 "use strict";
 
 const POLL_MS = 2000;
-const WINDOW_S = 15 * 60;
+const WINDOW_S = 15 * 60; // the most the charts show (what every node keeps)
+const MIN_SPAN_S = 60; // the least: a fresh node's few samples are not stretched edge to edge
 const PAGE = 25;
 
 const state = {
@@ -206,7 +207,9 @@ function chart(id, columns, classes, format) {
   const ns = "http://www.w3.org/2000/svg";
   const index = columns.map((name) => state.fields.indexOf(name));
   const end = state.lastT || Date.now() / 1000;
-  const start = end - WINDOW_S;
+  const first = state.rows.length ? state.rows[0][0] : end;
+  const span = Math.min(WINDOW_S, Math.max(MIN_SPAN_S, end - first));
+  const start = end - span;
   let max = 0;
   for (const r of state.rows) for (const i of index) max = Math.max(max, r[i]);
   max = niceMax(max);
@@ -223,7 +226,7 @@ function chart(id, columns, classes, format) {
   index.forEach((i, n) => {
     const points = state.rows
       .filter((r) => r[0] >= start)
-      .map((r) => `${(((r[0] - start) / WINDOW_S) * 300).toFixed(1)},${(88 - (r[i] / max) * 86).toFixed(1)}`);
+      .map((r) => `${(((r[0] - start) / span) * 300).toFixed(1)},${(88 - (r[i] / max) * 86).toFixed(1)}`);
     if (points.length === 1) points.unshift(points[0].replace(/^[^,]+/, "0"));
     const line = document.createElementNS(ns, "polyline");
     line.setAttribute("points", points.join(" "));
@@ -231,7 +234,8 @@ function chart(id, columns, classes, format) {
     shapes.push(line);
   });
   svg.replaceChildren(...shapes);
-  $(id.replace("c-", "a-")).replaceChildren(el("span", "−15 min"), el("span", `max ${format(max)}`), el("span", "now"));
+  const ago = span >= 120 ? `−${Math.round(span / 60)} min` : `−${Math.round(span)} s`;
+  $(id.replace("c-", "a-")).replaceChildren(el("span", ago), el("span", `max ${format(max)}`), el("span", "now"));
 }
 
 function drawCharts() {
