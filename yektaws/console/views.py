@@ -18,7 +18,9 @@ last item of the previous page, an opaque string to the page.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from operator import attrgetter
 from typing import Any
 
 from yektaws.bus import Answers, LocalNode
@@ -54,9 +56,8 @@ def register(node: LocalNode, sampler: Sampler) -> None:
 
 # -- connections, newest first ------------------------------------------------------------------
 
-
-def _connection_key(at: float, socket_id: str) -> tuple[float, str]:
-    return (-at, socket_id)
+#: The connections' order, oldest first: connection time, then socket id for a tie.
+_BY_AGE = attrgetter("connected_at", "id")
 
 
 def connection_cursor(row: dict[str, Any]) -> str:
@@ -65,22 +66,22 @@ def connection_cursor(row: dict[str, Any]) -> str:
 
 def _parse_connection_cursor(cursor: str) -> tuple[float, str]:
     at, _, socket_id = cursor.partition("/")
-    return _connection_key(float(at), socket_id)
+    return (float(at), socket_id)
 
 
 def _connections_page(
     hub: Iterable[Connection], node: str, limit: int, cursor: str | None, protocol: str | None
 ) -> dict[str, Any]:
-    after = _parse_connection_cursor(cursor) if cursor else None
-    chosen = (
-        conn
-        for conn in hub
-        if not conn.closed
-        and (protocol is None or conn.protocol == protocol)
-        and (after is None or _connection_key(conn.connected_at, conn.id) > after)
+    # One sort of the whole node, but a cheap one: the hub holds its connections in the order
+    # they came, so the list is nearly sorted already (6 ms for 50,000; bench/console_scale).
+    chosen = sorted(
+        (c for c in hub if not c.closed and (protocol is None or c.protocol == protocol)),
+        key=_BY_AGE,
     )
+    end = bisect_left(chosen, _parse_connection_cursor(cursor), key=_BY_AGE) if cursor else None
+    end = len(chosen) if end is None else end
     # limit + 1: whether this node has more than one page left.
-    page = heapq.nsmallest(limit + 1, chosen, key=lambda c: _connection_key(c.connected_at, c.id))
+    page = chosen[max(0, end - limit - 1) : end][::-1]
     return {
         "items": [
             {
@@ -103,7 +104,8 @@ def cluster_connections(answers: Answers, limit: int) -> dict[str, Any]:
     """One page of the cluster's connections from every node's page."""
     rows = sorted(
         (row for page in answers.by_node.values() for row in page["items"]),
-        key=lambda row: _connection_key(row["at"], row["socketId"]),
+        key=lambda row: (row["at"], row["socketId"]),
+        reverse=True,
     )
     return _page(answers, rows, limit, cursor=connection_cursor)
 
