@@ -64,65 +64,64 @@ def type_into(selector: str, value: str) -> str:
 
 
 async def test_an_operator_watches_and_disconnects_a_user_in_chromium(
-    gateway: Gateway, make_token: Callable[..., str]
+    gateway: Gateway, browser: Browser, make_token: Callable[..., str]
 ) -> None:
-    async with Browser() as browser:
-        page = await browser.new_page()
-        await page.set_viewport(*VIEWPORT)
-        await page.goto(console_url(gateway))
-        assert await page.evaluate("document.cookie") == ""
-        await page.evaluate(type_into("#key", API_KEY))
-        await page.evaluate(click("#login"))
-        await settled(page, f"{text('t-connections')} === '0'")
-        assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script sees it
-        assert API_KEY not in await page.evaluate("location.href")
+    page = await browser.new_page()
+    await page.set_viewport(*VIEWPORT)
+    await page.goto(console_url(gateway))
+    assert await page.evaluate("document.cookie") == ""
+    await page.evaluate(type_into("#key", API_KEY))
+    await page.evaluate(click("#login"))
+    await settled(page, f"{text('t-connections')} === '0'")
+    assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script sees it
+    assert API_KEY not in await page.evaluate("location.href")
 
-        native = await connect(
-            "native-websocket", gateway.http_url, make_token(user_id=USER, logged_in=True)
+    native = await connect(
+        "native-websocket", gateway.http_url, make_token(user_id=USER, logged_in=True)
+    )
+    sio = await connect("socket.io", gateway.http_url, make_token(user_id=USER, logged_in=True))
+    assert isinstance(native, NativeClient) and isinstance(sio, SocketIOClient)
+    try:
+        await native.expect("connected")
+        await sio.expect("connected")
+        await page.wait_for(f"{text('t-connections')} === '2'", timeout=10)
+        split = await page.evaluate(text("t-connections-split"))
+        assert split == "native 1 · Socket.IO 1 ws, 0 polling"
+        assert await page.evaluate(text("t-users")) == "1"
+        await page.wait_for(
+            "document.querySelectorAll('#connections tbody tr a[data-user]').length === 2"
         )
-        sio = await connect("socket.io", gateway.http_url, make_token(user_id=USER, logged_in=True))
-        assert isinstance(native, NativeClient) and isinstance(sio, SocketIOClient)
-        try:
-            await native.expect("connected")
-            await sio.expect("connected")
-            await page.wait_for(f"{text('t-connections')} === '2'", timeout=10)
-            split = await page.evaluate(text("t-connections-split"))
-            assert split == "native 1 · Socket.IO 1 ws, 0 polling"
-            assert await page.evaluate(text("t-users")) == "1"
-            await page.wait_for(
-                "document.querySelectorAll('#connections tbody tr a[data-user]').length === 2"
-            )
 
-            await page.evaluate(type_into("#inspect-user", str(USER)))
-            await page.evaluate(click("#inspect"))
-            await page.wait_for(f"{text('inspect-title')} === 'User {USER}: 2 connections'")
-            await page.wait_for(f"{text('updated')}.startsWith('updated')")
-            await page.wait_for(  # a few samples, so the charts have lines to show
-                "document.querySelectorAll('#c-connections polyline')[1]"
-                "?.getAttribute('points').split(' ').length >= 3",
-                timeout=15,
-            )
-            await page.evaluate("window.scrollTo(0, 0)")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = await page.screenshot(ARTIFACTS / "console.png")
-            assert shot.stat().st_size > 10_000
+        await page.evaluate(type_into("#inspect-user", str(USER)))
+        await page.evaluate(click("#inspect"))
+        await page.wait_for(f"{text('inspect-title')} === 'User {USER}: 2 connections'")
+        await page.wait_for(f"{text('updated')}.startsWith('updated')")
+        await page.wait_for(  # a few samples, so the charts have lines to show
+            "document.querySelectorAll('#c-connections polyline')[1]"
+            "?.getAttribute('points').split(' ').length >= 3",
+            timeout=15,
+        )
+        await page.evaluate("window.scrollTo(0, 0)")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = await page.screenshot(ARTIFACTS / "console.png")
+        assert shot.stat().st_size > 10_000
 
-            await page.evaluate(type_into("#disconnect-reason", "account review"))
-            await page.evaluate(click("#disconnect-user"))  # arms the button
-            assert await page.evaluate(text("disconnect-user")) == "Confirm"
-            await page.evaluate(click("#disconnect-user"))
+        await page.evaluate(type_into("#disconnect-reason", "account review"))
+        await page.evaluate(click("#disconnect-user"))  # arms the button
+        assert await page.evaluate(text("disconnect-user")) == "Confirm"
+        await page.evaluate(click("#disconnect-user"))
 
-            assert await native.wait_closed() == 4001
-            assert native.close_reason == "account review"
-            assert await sio.expect("session:expired") == {"reason": "account review"}
-            await page.wait_for(f"{text('inspect-title')} === 'User {USER}: 0 connections'")
-            await page.wait_for(f"{text('t-connections')} === '0'", timeout=10)
-        finally:
-            await native.close()
-            await sio.close()
+        assert await native.wait_closed() == 4001
+        assert native.close_reason == "account review"
+        assert await sio.expect("session:expired") == {"reason": "account review"}
+        await page.wait_for(f"{text('inspect-title')} === 'User {USER}: 0 connections'")
+        await page.wait_for(f"{text('t-connections')} === '0'", timeout=10)
+    finally:
+        await native.close()
+        await sio.close()
 
-        problems = [m for m in page.console if m.type in {"error", "exception", "assert"}]
-        assert problems == []
+    problems = [m for m in page.console if m.type in {"error", "exception", "assert"}]
+    assert problems == []
 
     audit = gateway.wait_for_log("console_disconnect", target=str(USER))
     assert audit["operator"] == "127.0.0.1"
