@@ -9,14 +9,13 @@ import asyncio
 import itertools
 import time
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from support.clients import NativeClient, ProtocolClient, SocketIOClient, connect
-from support.cluster import API_KEY, admin_port, call_api, start_node
+from support.cluster import API_KEY, admin_port, call_api, two_nodes
 from support.console import ConsoleClient
 from support.gateway import Gateway, free_port, start_gateway
 
@@ -27,16 +26,8 @@ MakeToken = Callable[..., str]
 
 @pytest.fixture(scope="module")
 def cluster(database_url: str, redis_url: str) -> Iterator[tuple[Gateway, Gateway]]:
-    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
-    node_a = start_node(database_url, redis_url, prefix)
-    try:
-        node_b = start_node(database_url, redis_url, prefix)
-    except BaseException:
-        node_a.stop()
-        raise
-    yield node_a, node_b
-    node_a.stop()
-    node_b.stop()
+    with two_nodes(database_url, redis_url) as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -250,57 +250,36 @@ function drawCharts() {
 
 // -- connections and users, one page at a time ---------------------------------------------------
 
-async function loadConnections() {
-  const c = state.conn;
-  const cursor = c.cursors[c.cursors.length - 1];
-  const query = new URLSearchParams({ limit: PAGE });
+// One page of a list: `list` holds the cursors of the pages before (and the filters); `prefix`
+// names its table and its First / Next buttons.
+async function loadPage(list, route, prefix, filters, toRow, empty, columns) {
+  const cursor = list.cursors[list.cursors.length - 1];
+  const query = new URLSearchParams({ limit: PAGE, ...filters });
   if (cursor) query.set("cursor", cursor);
-  if (c.protocol) query.set("protocol", c.protocol);
-  const page = await api(`api/connections?${query}`);
-  c.next = page.nextCursor;
-  fill(
-    "connections",
-    page.items.map((item) =>
-      row([
-        userLink(item.userId),
-        item.protocol,
-        item.transport,
-        item.peer,
-        item.node,
-        since(item.connectedAt),
-      ]),
-    ),
-    "no connection",
-    6,
-  );
-  $("conn-next").disabled = !page.nextCursor;
-  $("conn-first").disabled = c.cursors.length === 1;
-  $("conn-page").textContent = `page ${c.cursors.length}`;
+  const page = await api(`api/${route}?${query}`);
+  list.next = page.nextCursor;
+  fill(route, page.items.map(toRow), empty, columns);
+  $(`${prefix}-next`).disabled = !page.nextCursor;
+  $(`${prefix}-first`).disabled = list.cursors.length === 1;
+  $(`${prefix}-page`).textContent = `page ${list.cursors.length}`;
 }
 
-async function loadUsers() {
-  const u = state.users;
-  const cursor = u.cursors[u.cursors.length - 1];
-  const query = new URLSearchParams({ limit: PAGE });
-  if (cursor) query.set("cursor", cursor);
-  const page = await api(`api/users?${query}`);
-  u.next = page.nextCursor;
-  fill(
-    "users",
-    page.items.map((item) =>
-      row([
-        userLink(item.userId),
-        [num(item.connections), "n"],
-        Object.entries(item.protocols).map(([p, n]) => `${p} ${n}`).join(", "),
-        item.nodes.join(", "),
-      ]),
-    ),
-    "no user online",
-    4,
-  );
-  $("users-next").disabled = !page.nextCursor;
-  $("users-first").disabled = u.cursors.length === 1;
-  $("users-page").textContent = `page ${u.cursors.length}`;
+function loadConnections() {
+  const filters = state.conn.protocol ? { protocol: state.conn.protocol } : {};
+  const toRow = (item) =>
+    row([userLink(item.userId), item.protocol, item.transport, item.peer, item.node, since(item.connectedAt)]);
+  return loadPage(state.conn, "connections", "conn", filters, toRow, "no connection", 6);
+}
+
+function loadUsers() {
+  const toRow = (item) =>
+    row([
+      userLink(item.userId),
+      [num(item.connections), "n"],
+      Object.entries(item.protocols).map(([p, n]) => `${p} ${n}`).join(", "),
+      item.nodes.join(", "),
+    ]);
+  return loadPage(state.users, "users", "users", {}, toRow, "no user online", 4);
 }
 
 // -- the user inspector --------------------------------------------------------------------------
