@@ -81,7 +81,7 @@ class CookieSigner:
         return expiry if expiry > time.time() else None
 
     def valid(self, value: str | None) -> bool:
-        return bool(value) and value not in self._revoked and self._expiry(value) is not None
+        return value is not None and value not in self._revoked and self._expiry(value) is not None
 
     def revoke(self, value: str | None) -> None:
         if not value or (expiry := self._expiry(value)) is None:

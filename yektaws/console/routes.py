@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from yektaws.admin import BadRequest, bearer_key_valid, json_object, optional_reason
 from yektaws.admin import connections as user_connections
@@ -118,7 +119,7 @@ def _logged_in(request: web.Request) -> bool:
 
 
 @web.middleware
-async def _guard(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "POST" and not _same_origin(request):
         return web.json_response({"error": "Cross-origin request refused"}, status=403)
     if request.path.startswith(f"{CONSOLE_PATH}/api/") and not (

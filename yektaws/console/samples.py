@@ -155,7 +155,7 @@ class Sampler:
             sum(rejects.values()),
         )
         now = time.monotonic()
-        rates = (0.0, 0.0, 0.0)
+        rates: tuple[float, ...] = (0.0, 0.0, 0.0)
         if self._previous is not None and now > self._previous[0]:
             elapsed = now - self._previous[0]
             rates = tuple(
