@@ -244,7 +244,11 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
-        """Every live node's answer to the question ``kind`` (see :attr:`LocalNode.answers`)."""
+        """Every live node's answer to the question ``kind`` (see :attr:`LocalNode.answers`).
+
+        ``query`` travels as the message itself, so its keys must not be ``op``, ``from``,
+        ``query`` or ``reply``.
+        """
 
     async def presence(self, user_id: str) -> Presence:
         """The connections of ``user_id`` on every node."""

@@ -13,7 +13,8 @@ have expired; under ``--workers`` another worker still accepts a copy of it unti
 
 Failed logins are limited per client address with a token bucket (:mod:`yektaws.ratelimit`):
 :data:`LOGIN_FAILURE_BURST` wrong keys at once, then one per :data:`LOGIN_FAILURE_REFILL`
-seconds; a correct key forgets the address's failures.
+seconds; a correct key forgets the address's failures. The count is per process: under
+``--workers N`` an address may try N times as many keys.
 """
 
 from __future__ import annotations
