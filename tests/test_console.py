@@ -63,6 +63,8 @@ async def test_login_sets_a_signed_strict_httponly_cookie_and_never_logs_the_key
 ) -> None:
     node = cluster[0]
     async with ConsoleClient(node) as console:
+        async with console.http.get(console.url.rstrip("/"), allow_redirects=False) as bare:
+            assert (bare.status, bare.headers["Location"]) == (303, "/console/")
         status, page = await console.page()
         assert status == 200 and 'name="key"' in page  # the login form, no data
         wrong = await console.login("not-the-key")

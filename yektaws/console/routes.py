@@ -3,7 +3,8 @@
 A sub-application mounted at :data:`CONSOLE_PATH` on the server API's listener (see
 :mod:`yektaws.admin`); it brings its own guard instead of the bearer key:
 
-- ``GET /console/``: the console page with a valid cookie, else the login page.
+- ``GET /console/``: the console page with a valid cookie, else the login page (``/console``
+  redirects here).
 - ``POST /console/login`` (form field ``key``): the cookie and a redirect to the page; a wrong key
   gets the login page again with 401, too many wrong keys from one address 429.
 - ``POST /console/logout``: the cookie revoked and cleared.
@@ -41,7 +42,7 @@ from yektaws.console.auth import (
     LoginLimiter,
     keys_match,
 )
-from yektaws.console.samples import SAMPLE_INTERVAL
+from yektaws.console.samples import PROTOCOLS, SAMPLE_INTERVAL
 from yektaws.console.views import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -61,7 +62,6 @@ CONSOLE_PATH = "/console"
 STATIC = Path(__file__).parent / "static"
 #: The reason a disconnected client is told when the operator gives none.
 DEFAULT_REASON = "disconnected by an operator"
-_PROTOCOLS = ("native-websocket", "socket.io")
 
 _API_KEY = web.AppKey("api_key", str)
 _SIGNER = web.AppKey("signer", CookieSigner)
@@ -88,6 +88,7 @@ def create_console_app(bus: Bus, api_key: str) -> web.Application:
     app[_API_KEY] = api_key
     app[_SIGNER] = CookieSigner(api_key)
     app[_LIMITER] = LoginLimiter()
+    app.router.add_get("", to_page)  # /console: the page's relative URLs need the slash
     app.router.add_get("/", page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
@@ -191,6 +192,10 @@ def _see_console() -> web.Response:
     return web.Response(status=303, headers={"Location": f"{CONSOLE_PATH}/"})
 
 
+async def to_page(request: web.Request) -> web.Response:
+    return _see_console()
+
+
 # -- the JSON the page pulls ---------------------------------------------------------------------
 
 
@@ -232,8 +237,8 @@ async def connections(request: web.Request) -> web.Response:
         query["cursor"] = cursor
     protocol = request.query.get("protocol")
     if protocol:
-        if protocol not in _PROTOCOLS:
-            raise BadRequest(f"'protocol' must be one of {', '.join(_PROTOCOLS)}")
+        if protocol not in PROTOCOLS:
+            raise BadRequest(f"'protocol' must be one of {', '.join(PROTOCOLS)}")
         query["protocol"] = protocol
     answers = await request.app[BUS_KEY].ask("connections", query)
     return web.json_response(cluster_connections(answers, limit))

@@ -30,7 +30,14 @@ from yektaws import __version__
 from yektaws.gateway import Gateway
 from yektaws.sessions import StoreUnavailable
 
-__all__ = ["HISTORY_SAMPLES", "HISTORY_SECONDS", "SAMPLE_FIELDS", "SAMPLE_INTERVAL", "Sampler"]
+__all__ = [
+    "HISTORY_SAMPLES",
+    "HISTORY_SECONDS",
+    "PROTOCOLS",
+    "SAMPLE_FIELDS",
+    "SAMPLE_INTERVAL",
+    "Sampler",
+]
 
 #: Seconds between two samples; also how often the console page asks for a snapshot.
 SAMPLE_INTERVAL = 2.0
@@ -50,7 +57,8 @@ SAMPLE_FIELDS = (
     "loopLag",  # event-loop lag, seconds
 )
 
-_PROTOCOLS = ("native-websocket", "socket.io")
+#: The protocols a connection may speak, as ``Connection.protocol`` names them.
+PROTOCOLS = ("native-websocket", "socket.io")
 
 Row = tuple[float, ...]
 
@@ -143,7 +151,7 @@ class Sampler:
         """Read every figure now; append a row and replace :attr:`current`."""
         gateway = self._gateway
         hub, metrics = gateway.hub, gateway.metrics
-        connections: dict[str, dict[str, int]] = {protocol: {} for protocol in _PROTOCOLS}
+        connections: dict[str, dict[str, int]] = {protocol: {} for protocol in PROTOCOLS}
         for conn in hub:
             by_transport = connections.setdefault(conn.protocol, {})
             by_transport[conn.transport] = by_transport.get(conn.transport, 0) + 1
