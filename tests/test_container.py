@@ -200,7 +200,10 @@ def test_build_context_holds_only_the_package_sources(base_image: str, tmp_path:
         "run", "--rm", "--network", "host", *_run_limits(), "--entrypoint", "ls", tag,
         "-A", "/context",
     ).stdout.split()  # fmt: skip
-    allowed = {"pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "MANIFEST.in"}
+    allowed = {
+        *("pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "MANIFEST.in"),
+        "requirements.lock",  # the Dockerfile installs the runtime dependencies from it
+    }
     expected = {name for name in allowed if (REPO / name).exists()} | {"yektaws"}
     assert set(listing) == expected
 
