@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from support.checkout import copy_checkout
 from support.gateway import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -114,19 +115,7 @@ def _assemble_base(tmp_path: Path) -> None:
 
 def _build_context(tmp_path: Path) -> Path:
     """The working tree's files (tracked and untracked, not ignored) plus secrets to leak."""
-    listing = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    context = tmp_path / "context"
-    for name in filter(None, listing.split("\0")):
-        source = REPO / name
-        if source.is_file():
-            target = context / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    context = copy_checkout(tmp_path / "context")
     (context / ".env").write_text(f"AI_API_KEY={CANARY}\n")
     (context / "yektaws.db").write_text(CANARY)
     return context
