@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import yektaws as package
 from support.gateway import REPO, free_port
 from yektaws.settings import SettingsError, env_example, load_settings, markdown_table
 
@@ -103,6 +104,19 @@ def test_startup_line_names_address_store_and_version_with_password_masked(tmp_p
     assert "postgresql://app:***@127.0.0.1:1/yy" in line
     assert "s3cret" not in line
     assert '"version":"0.1.0"' in line
+
+
+def test_version_needs_no_settings_and_matches_the_changelog() -> None:
+    # An invalid setting in the environment: --version must answer before settings are read.
+    result = yektaws("--version", env={"WEBSOCKET_PORT": "not-a-port"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"yektaws {package.__version__}\n"
+    # The newest dated section of CHANGELOG.md is this version, below "Unreleased".
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", changelog, re.M)
+    assert released, "CHANGELOG.md has no '## [X.Y.Z] - YYYY-MM-DD' section"
+    assert released[0] == package.__version__
+    assert changelog.index("## [Unreleased]") < changelog.index(f"## [{released[0]}]")
 
 
 def test_sessions_create_prints_only_a_43_char_token(tmp_path: Path) -> None:

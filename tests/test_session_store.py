@@ -1,9 +1,12 @@
-"""The session store's own settings: lookup timeout, the positive cache, the activity refresh."""
+"""The session store: its own settings (lookup timeout, the positive cache, the activity refresh)
+and an embedded store that never keeps the process from exiting."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
 from datetime import datetime
 
@@ -79,3 +82,22 @@ async def test_last_activity_refreshed_at_most_once_per_interval(
     await asyncio.sleep(1.5)
     assert _last_activity(database_url, token) < RECENT  # not again within 60 s
     assert _last_activity(database_url, other) > RECENT
+
+
+def test_an_embedded_store_left_open_does_not_keep_the_process_alive(tmp_path) -> None:
+    # The shutdown path closes the store, but a crash path may not: aiosqlite's worker thread
+    # then waits for work forever, and a non-daemon one blocks the interpreter's exit.
+    environ = {"EMBEDDED_DB_PATH": str(tmp_path / "s.db")}
+    script = (
+        "import asyncio\n"
+        "from yektaws.sessions.embedded import EmbeddedStore\n"
+        "from yektaws.settings import load_settings\n"
+        f"settings = load_settings({environ!r}, dotenv=None)\n"
+        "store = EmbeddedStore(settings)\n"  # still referenced when the interpreter exits
+        "asyncio.run(store.open())\n"
+        "print('opened', flush=True)\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "opened\n"

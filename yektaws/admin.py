@@ -20,6 +20,7 @@ import hmac
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from yektaws.bus import BUS_KEY, Bus, Delivery, Target, TargetKind
 from yektaws.logging import get_logger
@@ -63,7 +64,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
@@ -78,7 +79,7 @@ async def _errors(request: web.Request, handler: web.RequestHandler) -> web.Stre
 
 
 @web.middleware
-async def _authenticate(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_API_KEY]
     if scheme.lower() != "bearer" or not hmac.compare_digest(

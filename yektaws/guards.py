@@ -9,9 +9,9 @@
   client sending them a byte at a time (slowloris) holds a connection forever. Each new connection
   gets ``HANDSHAKE_TIMEOUT`` seconds to complete its first request's headers.
 
-Both reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``); the
-tests in ``tests/test_attacks.py`` and ``tests/test_conformance.py`` fail loudly if an aiohttp
-upgrade moves them.
+Both reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``), listed
+in :mod:`yektaws.compat`: ``tests/test_compat.py`` names any that an aiohttp upgrade removes, and
+``tests/test_attacks.py`` and ``tests/test_conformance.py`` fail loudly if one changes meaning.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, web
-from aiohttp.http_websocket import WebSocketError
+from aiohttp.http_websocket import WebSocketError, WebSocketReader
 
 __all__ = ["FrameGuard", "GuardedWebSocketResponse", "header_deadline_factory"]
 
@@ -40,7 +40,7 @@ class FrameGuard:
 
     __slots__ = ("_header", "_on_violation", "_parser", "_skip", "violated")
 
-    def __init__(self, parser: Any, on_violation: Callable[[str], None]) -> None:
+    def __init__(self, parser: WebSocketReader, on_violation: Callable[[str], None]) -> None:
         self._parser = parser
         self._on_violation = on_violation
         self._header = bytearray()  # the start of a frame not yet complete enough to judge
@@ -125,6 +125,7 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         super()._post_start(request, protocol, writer)
         handler = request.protocol
         reader = self._reader
+        assert reader is not None  # super()._post_start has just made it
 
         def fail(violation: str) -> None:
             reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))

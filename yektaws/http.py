@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from yektaws import __version__
 from yektaws.bus import BUS_KEY
@@ -96,7 +97,7 @@ def add_routes(app: web.Application, websocket_path: str) -> None:
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unknown paths answer 404 with a JSON body (the old server answered 200 to everything)."""
     try:
         return await handler(request)

@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
@@ -90,7 +90,11 @@ def _orjson_bytes(obj: Any, default: Any = None) -> bytes:
 
 class _Unfailing:
     """A log stream whose writes never raise: a closed pipe on stderr (a log collector gone, a
-    ``| head``) must not stop a drain or a shutdown half-way."""
+    ``| head``) must not stop a drain or a shutdown half-way.
+
+    structlog's logger factories are annotated for a whole file (``BinaryIO``, ``TextIO``) but
+    call only ``write`` and ``flush``; hence the casts where one is handed over.
+    """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -121,11 +125,11 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     numeric_level = getattr(logging, level.upper())
     if fmt == "json":
         own_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
-        factory: Any = structlog.BytesLoggerFactory(_Unfailing(sys.stderr.buffer))
+        factory: Any = structlog.BytesLoggerFactory(cast(BinaryIO, _Unfailing(sys.stderr.buffer)))
         foreign_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
         own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        factory = structlog.PrintLoggerFactory(_Unfailing(sys.stderr))
+        factory = structlog.PrintLoggerFactory(cast(TextIO, _Unfailing(sys.stderr)))
     structlog.configure(
         processors=[*shared, own_renderer],
         logger_factory=factory,

@@ -161,6 +161,7 @@ async def _listen(
 ) -> asyncio.AbstractServer:
     """Serve ``runner`` on ``address`` (bound here) or on an inherited listening socket."""
     loop = asyncio.get_running_loop()
+    assert runner.server is not None  # made by runner.setup(), which comes first
     factory = header_deadline_factory(runner.server, settings.handshake_timeout)
     if isinstance(address, socket.socket):
         return await loop.create_server(factory, sock=address, backlog=BACKLOG)

@@ -20,7 +20,7 @@ Message text is never logged or put into an exception.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 import aiohttp
@@ -99,7 +99,7 @@ class ChatClient:
         # total=None: the session's default total timeout (5 minutes) would cut long answers.
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+    async def stream(self, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
         """POST ``{base_url}/chat/completions`` with ``stream: true``; yield each non-empty
         ``delta.content`` as it arrives.
 

@@ -36,7 +36,8 @@ class EmbeddedStore:
         try:
             connection = aiosqlite.connect(self._path)
             # aiosqlite runs SQLite on a thread; a daemon one can never keep the process alive.
-            connection.daemon = True
+            # Since aiosqlite 0.22 the Connection holds that thread (it used to be the thread).
+            connection._thread.daemon = True
             self._db = await connection
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute(SQLITE_SESSIONS_TABLE)

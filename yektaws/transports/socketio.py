@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import socketio
@@ -169,7 +169,7 @@ class SocketIOConnection(Connection):
         await self._server.eio.send(self.eio_sid, encoded)
 
     @staticmethod
-    def _backlog(queue: Any) -> int:
+    def _backlog(queue: DirectSendQueue | asyncio.Queue[Any]) -> int:
         """Bytes (websocket) or nominal bytes (polling packets) waiting for this client."""
         if isinstance(queue, DirectSendQueue):
             return queue.transport.get_write_buffer_size() + queue.pending
@@ -260,7 +260,7 @@ class SocketIOTransport:
         if request.method == "POST" and (request.content_length or 0) > self._max_body:
             # python-engineio would read nothing and answer nothing; the spec wants 413.
             return web.Response(status=413, text="Payload too large")
-        return await self.server.handle_request(request)
+        return cast(web.StreamResponse, await self.server.handle_request(request))
 
     # -- python-socketio callbacks ---------------------------------------------------------------
 
