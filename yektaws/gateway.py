@@ -115,9 +115,11 @@ class Gateway:
         """Forget an ended connection, keep or drop its saved state, stop the work it started
         (the dispatcher's disconnect hooks may let some of it outlive the connection)."""
         self.hub.remove(conn)
-        resumable = conn.recovery is not None and conn.resumable
+        link = conn.recovery
+        # A connection taken over by its own resume goes on in its successor, whatever its end.
+        resumable = link is not None and (link.taken_over or conn.resumable)
         if self.recovery is not None:
-            self.recovery.ended(conn.recovery, resumable=resumable, cause=_cause(conn))
+            self.recovery.ended(link, resumable=resumable, cause=_cause(conn))
         self.dispatcher.disconnected(conn, resumable=resumable)
         conn.cancel_tasks()
         self.metrics.disconnects.labels(conn.protocol, str(code) if code else "none").inc()

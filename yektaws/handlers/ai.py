@@ -385,6 +385,8 @@ class AIChat:
             return  # its tasks are cancelled next, closing their upstream requests
         for answer in answers.values():
             conn.release_task(answer.task)
+        if conn.recovery is not None and conn.recovery.taken_over:
+            return  # it has resumed already (its successor took over): nothing to wait for
         self._orphans[conn.id] = asyncio.get_running_loop().call_later(
             self._resume_window, self._abandon, conn.id
         )
