@@ -25,7 +25,7 @@ from support.database import delete_session
 from support.gateway import Gateway, free_port, start_gateway
 from support.node import _require_node as node_binary
 from support.recovery import RecoveringClient as Native
-from support.tcpproxy import CuttableProxy
+from support.tcpproxy import CuttableProxy, SilenceableProxy
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
@@ -471,3 +471,38 @@ async def test_an_answer_whose_producer_was_killed_ends_interrupted_not_hanging(
     finally:
         other.stop()
         producer.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("where", ["same node", "other node"])
+async def test_a_resume_before_the_gateway_noticed_the_drop_takes_over_and_keeps_the_answer(
+    where: str, cluster: list[Gateway], make_token: MakeToken
+) -> None:
+    """A dead path the gateway has not noticed yet (no reset, no close: silence): the client
+    resumes at once, the old connection is dropped, and the answer streams on to the new one,
+    past AI_RESUME_WINDOW (3 s here)."""
+    node_a, node_b = cluster
+    token = make_token(user_id=6605, logged_in=True)
+    proxy = SilenceableProxy(node_a.port)
+    old, new = Native(), Native()
+    try:
+        first = await old.connect(proxy.port, token)
+        tag = await old.ask_ai("[[chunks=60 delay=0.1]]")
+        proxy.silence()
+        new.pid, new.offset = old.pid, old.offset
+        target = node_a if where == "same node" else node_b
+        again = await new.connect(target.port, token, resume=True)
+        assert (again["recovered"], again["socketId"]) == (True, first["socketId"])
+        while (frame := await new.next(timeout=10))["event"] not in FINAL:
+            pass
+        assert frame["event"] == "ai:response:complete", frame
+        seen = [*old.frames, *new.frames]
+        chunks = "".join(
+            f["data"]["chunk"]
+            for f in seen
+            if f["event"] == "ai:response:chunk" and f["data"]["messageId"] == tag
+        )
+        assert chunks == "".join(f"chunk-{i} " for i in range(60))  # nothing lost or doubled
+    finally:
+        await new.close()
+        proxy.close()
+        await old.close()
