@@ -1,12 +1,13 @@
-"""Fixtures shared by the whole suite: real PostgreSQL and Redis, tokens, a running gateway."""
+"""Fixtures shared by the whole suite: real PostgreSQL and Redis, tokens, a gateway, Chromium."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from support.browser import Browser
 from support.database import answers, configured_server_url, insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
 from support.postgres import PostgresCluster
@@ -88,3 +89,10 @@ def redis_url() -> Iterator[str]:
 def redis_prefix() -> str:
     """A channel and key prefix of this test's own, so parallel runs never hear each other."""
     return f"yektaws-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium of this test's own; fails (never skips) when Chromium is missing."""
+    async with Browser() as running:
+        yield running
