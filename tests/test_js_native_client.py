@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,8 +26,9 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from fake_model import FakeModel
 from support.browser import Browser, Page
-from support.cluster import API_KEY, call_api
+from support.cluster import API_KEY, call_api, start_node
 from support.gateway import Gateway, free_port, start_gateway
 from support.node import JS_DIR
 from support.node import _require_node as node_binary
@@ -204,6 +206,10 @@ class JsClient(ABC):
         await self._command({"op": op, "tag": tag, **fields})
         index = await self._first(0, lambda line: line.get("tag") == tag, 15)
         return self.lines[index]
+
+    def events(self, name: str) -> list[Any]:
+        """The data of every ``name`` event read so far, in order."""
+        return [line["data"] for line in self.lines if line.get("name") == name]
 
     async def request(self, event: str, data: Any = None) -> dict[str, Any]:
         """``{type: "reply", data}`` or ``{type: "rejected", code, retryable, sent}``."""
@@ -471,6 +477,121 @@ async def test_a_silent_connection_is_found_out_and_resumed(
     await gateway.wait_for_log_async(
         "disconnect", socketId=first["socketId"], reason="resumed elsewhere"
     )
+
+
+async def test_a_deploy_moves_it_to_another_node_and_loses_nothing(
+    launch: Launch,
+    site: str,
+    database_url: str,
+    redis_url: str,
+    proxy_to: Callable[..., Any],
+    make_token: MakeToken,
+) -> None:
+    """SIGTERM drains with 1001; the client comes back through the load balancer (the proxy,
+    now pointing at the other node of the cluster) and resumes there."""
+    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
+    env = {"CORS_ORIGIN": site.rstrip("/"), "DRAIN_SPREAD": "0.2"}
+    old = start_node(database_url, redis_url, prefix, **env)
+    try:
+        other = start_node(database_url, redis_url, prefix, **env)
+    except BaseException:
+        old.stop()
+        raise
+    try:
+        user_id = 5500 + free_port() % 400
+        proxy = proxy_to(old)
+        # A fixed 1.5 s pause before coming back, so that the pushes below fall in the gap.
+        pause = {"minDelay": 1500, "maxDelay": 1500, "jitter": 0}
+        client = await launch(proxy.port, make_token(user_id=user_id), reconnect=pause)
+        first, _ = await client.until("connected")
+        proxy.retarget(other.port)
+        assert await asyncio.to_thread(old.stop) == 0
+        dropped, _ = await client.until("disconnected")
+        assert (dropped["code"], dropped["willReconnect"]) == (1001, True)
+        for n in (1, 2):
+            await push(other, f"user:{user_id}", n)
+
+        again, _ = await client.until("connected")
+        assert (again["recovered"], again["socketId"]) == (True, first["socketId"])
+        await push(other, f"user:{user_id}", 3)
+        for _ in range(3):
+            await client.until("event", name="notice")
+        assert notices(client.lines) == [1, 2, 3]
+    finally:
+        other.stop()
+        old.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fake() -> AsyncIterator[FakeModel]:
+    async with FakeModel() as model:
+        yield model
+
+
+@pytest.mark.parametrize("where", ["same node", "other node"])
+async def test_an_ai_answer_survives_a_resume_that_takes_over_a_silent_connection(
+    where: str,
+    database_url: str,
+    redis_url: str,
+    site: str,
+    fake: FakeModel,
+    proxy_to: Callable[..., Any],
+    make_token: MakeToken,
+) -> None:
+    """The client finds out a dead path long before the gateway (whose own ping takes up to
+    1.5 x HEARTBEAT_INTERVAL), so it resumes while the old connection is still registered on
+    the node producing the answer: the resume takes that connection over, there or from the
+    other node. The answer must stream on to the end, not be abandoned AI_RESUME_WINDOW after
+    the takeover as if nobody had resumed.
+
+    Fails on branch ``recovery`` (outcome ``abandoned``, half the chunks): the takeover runs
+    the resume hooks first (no countdown to stop yet), then the old connection's end reaches
+    the AI handler as a resumable loss and starts a countdown nobody will stop."""
+    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
+    env = {"AI_BASE_URL": fake.base_url, "AI_MODEL": "fake-model", "AI_RESUME_WINDOW": "2"}
+    producer = start_node(database_url, redis_url, prefix, **env)
+    try:
+        other = start_node(database_url, redis_url, prefix, **env)
+    except BaseException:
+        producer.stop()
+        raise
+    try:
+        proxy = proxy_to(producer)
+        client = await NodeClient.start(
+            {
+                "url": f"ws://127.0.0.1:{proxy.port}/ws",
+                "token": make_token(user_id=5600, logged_in=True),
+                "options": {"reconnect": FAST_RECONNECT, "pingInterval": 300, "pingTimeout": 300},
+            }
+        )
+        try:
+            first, _ = await client.until("connected")
+            tag = uuid.uuid4().hex[:8]
+            message = f"{tag} [[chunks=60 delay=0.1]]"  # six seconds of answer
+            await client.command(
+                "send", event="ai:chat", data={"message": message, "messageId": tag}
+            )
+            await client.until("event", name="ai:response:chunk")
+            proxy.silence()
+            if where == "other node":
+                proxy.retarget(other.port)
+
+            again, _ = await client.until("connected")
+            assert (again["recovered"], again["socketId"]) == (True, first["socketId"])
+            await producer.wait_for_log_async(
+                "disconnect", socketId=first["socketId"], reason="resumed elsewhere"
+            )
+            entry = await producer.wait_for_log_async("ai_chat", timeout=20, messageId=tag)
+            assert entry["outcome"] == "complete", entry  # "abandoned": cancelled by mistake
+            end, _ = await client.until("event", name="ai:response:complete")
+            chunks = "".join(data["chunk"] for data in client.events("ai:response:chunk"))
+            assert chunks == end["data"]["fullResponse"]
+            assert chunks == "".join(f"chunk-{i} " for i in range(60))
+        finally:
+            await client.stop()
+    finally:
+        other.stop()
+        producer.stop()
 
 
 # -- when it stops for good ------------------------------------------------------------------------
