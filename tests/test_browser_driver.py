@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from support.browser import Browser, BrowserError, ConsoleMessage, group_members
+from support.browser import Browser, BrowserError, ConsoleMessage, processes_of
 from support.gateway import Gateway, free_port
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +65,19 @@ async def site() -> AsyncIterator[str]:
     app.router.add_get("/", page)
     async with TestServer(app, host="127.0.0.1") as server:
         yield str(server.make_url("/"))
+
+
+def processes_naming(text: str) -> list[int]:
+    """PIDs of the live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue  # it ended while we looked (a zombie's cmdline is empty)
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 async def test_evaluate_returns_values_and_awaits_promises(browser: Browser, site: str) -> None:
@@ -157,17 +170,16 @@ async def test_no_chromium_process_survives_the_context_manager(site: str) -> No
     async with Browser() as browser:
         page = await browser.new_page()
         await page.goto(site)
-        pid = browser.pid
-        profile = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        (profile_flag,) = [arg for arg in profile if arg.startswith(b"--user-data-dir=")]
-        profile_dir = Path(os.fsdecode(profile_flag.split(b"=", 1)[1]))
-        assert profile_dir.is_dir()
-        # The renderer and helpers share the browser's group: stopping it must reach them too.
-        assert len(group_members(pid)) > 1
+        pid, root = browser.pid, browser.root
+        assert root is not None and (root / "profile").is_dir()
+        # The browser starts renderers and helpers: stopping it must stop them too.
+        assert len(processes_naming(str(root))) > 1
+        assert len(processes_of(root, pid)) > 1
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert group_members(pid) == []
-    assert not profile_dir.exists()
+    assert processes_naming(str(root)) == []
+    assert processes_of(root, pid) == []
+    assert not root.exists()
 
 
 async def test_a_page_opens_a_native_websocket_to_the_gateway(

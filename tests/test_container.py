@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from support.checkout import copy_checkout
 from support.gateway import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -114,19 +115,7 @@ def _assemble_base(tmp_path: Path) -> None:
 
 def _build_context(tmp_path: Path) -> Path:
     """The working tree's files (tracked and untracked, not ignored) plus secrets to leak."""
-    listing = subprocess.run(
-        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    context = tmp_path / "context"
-    for name in filter(None, listing.split("\0")):
-        source = REPO / name
-        if source.is_file():
-            target = context / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    context = copy_checkout(tmp_path / "context")
     (context / ".env").write_text(f"AI_API_KEY={CANARY}\n")
     (context / "yektaws.db").write_text(CANARY)
     return context
@@ -200,7 +189,10 @@ def test_build_context_holds_only_the_package_sources(base_image: str, tmp_path:
         "run", "--rm", "--network", "host", *_run_limits(), "--entrypoint", "ls", tag,
         "-A", "/context",
     ).stdout.split()  # fmt: skip
-    allowed = {"pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "MANIFEST.in"}
+    allowed = {
+        *("pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "MANIFEST.in"),
+        "requirements.lock",  # the Dockerfile installs the runtime dependencies from it
+    }
     expected = {name for name in allowed if (REPO / name).exists()} | {"yektaws"}
     assert set(listing) == expected
 

@@ -24,11 +24,13 @@ from support.cluster import API_KEY, call_api, start_node
 from support.database import delete_session
 from support.gateway import Gateway, free_port, start_gateway
 from support.node import _require_node as node_binary
+from support.recovery import RecoveringClient as Native
 from support.tcpproxy import CuttableProxy
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 JS = Path(__file__).parent / "js"
+FINAL = ("ai:response:complete", "ai:response:error")
 MakeToken = Callable[..., str]
 
 
@@ -95,60 +97,6 @@ async def push(node: Gateway, room: str, n: int, event: str = "notice") -> None:
         node, "POST", "/emit", {"to": room, "event": event, "data": {"n": n}}
     )
     assert status == 200, body
-
-
-class Native:
-    """A native client that asked for recovery; it remembers the last offset it saw."""
-
-    def __init__(self) -> None:
-        self.frames: list[dict[str, Any]] = []
-        self.pid: str | None = None
-        self.offset: str | None = None
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._session: Any = None
-        self._ws: Any = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def connect(self, port: int, token: str, *, resume: bool = False) -> dict[str, Any]:
-        import aiohttp
-
-        await self.close()
-        query = f"token={token}&recover=1"
-        if resume:
-            query = f"token={token}&resume={self.pid}&offset={self.offset}"
-        self._session = aiohttp.ClientSession()
-        self._ws = await self._session.ws_connect(f"ws://127.0.0.1:{port}/ws?{query}")
-        self._queue = asyncio.Queue()
-        self._reader = asyncio.get_running_loop().create_task(self._read())
-        hello = await self.next()
-        assert hello["event"] == "connected", hello
-        self.pid = hello["data"]["recovery"]["pid"]
-        return hello["data"]
-
-    async def _read(self) -> None:
-        async for message in self._ws:
-            frame = json.loads(message.data)
-            self.frames.append(frame)
-            if "offset" in frame:
-                self.offset = frame["offset"]
-            self._queue.put_nowait(frame)
-
-    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        return await asyncio.wait_for(self._queue.get(), timeout)
-
-    async def notices(self, count: int) -> list[int]:
-        return [(await self.next())["data"]["n"] for _ in range(count)]
-
-    async def quiet(self, seconds: float = 0.5) -> None:
-        with pytest.raises(TimeoutError):
-            frame = await self.next(seconds)
-            raise AssertionError(f"unexpected frame {frame}")
-
-    async def close(self) -> None:
-        if self._ws is not None:
-            await self._ws.close()
-            await self._session.close()
-            self._ws = None
 
 
 class NodeSocketIO:
@@ -429,25 +377,18 @@ async def test_an_ai_answer_survives_a_cut_and_finishes_on_the_other_node(
     proxy = proxy_to(node_a)
     client = Native()
     await client.connect(proxy.port, token)
-    tag = uuid.uuid4().hex[:8]
-    await client._ws.send_json(
-        {
-            "event": "ai:chat",
-            "data": {"message": f"{tag} [[chunks=20 delay=0.1]]", "messageId": tag},
-        }
-    )
-    seen = []
-    while len([f for f in seen if f["event"] == "ai:response:chunk"]) < 2:
-        seen.append(await client.next())
+    tag = await client.ask_ai("[[chunks=20 delay=0.1]]")
+    while (await client.next())["event"] != "ai:response:chunk":
+        pass  # the second chunk
     proxy.cut()
     await asyncio.sleep(1.0)
 
     again = await client.connect(node_b.port, token, resume=True)
     assert again["recovered"] is True
-    while seen[-1]["event"] not in ("ai:response:complete", "ai:response:error"):
-        seen.append(await client.next(timeout=10))
+    while (await client.next(timeout=10))["event"] not in FINAL:
+        pass
 
-    answer = [f for f in seen if f["data"].get("messageId") == tag]
+    answer = [f for f in client.frames if f["data"].get("messageId") == tag]
     assert answer[0]["event"] == "ai:response:start"
     assert answer[-1]["event"] == "ai:response:complete"
     chunks = "".join(f["data"]["chunk"] for f in answer if f["event"] == "ai:response:chunk")
@@ -455,6 +396,32 @@ async def test_an_ai_answer_survives_a_cut_and_finishes_on_the_other_node(
     assert chunks == "".join(f"chunk-{i} " for i in range(20))  # nothing missing or doubled
     offsets = [f["offset"] for f in answer]
     assert offsets == sorted(set(offsets), key=lambda o: tuple(map(int, o.split("-"))))
+    await client.close()
+
+
+async def test_ai_cancel_from_the_node_it_resumed_on_stops_the_answer_on_its_producer(
+    cluster: list[Gateway],
+    proxy_to: Callable[..., CuttableProxy],
+    make_token: MakeToken,
+    fake: FakeModel,
+) -> None:
+    node_a, node_b = cluster
+    token = make_token(user_id=6604, logged_in=True)
+    proxy = proxy_to(node_a)
+    client = Native()
+    await client.connect(proxy.port, token)
+    tag = await client.ask_ai("[[chunks=200 delay=0.1]]")
+    proxy.cut()
+    assert (await client.connect(node_b.port, token, resume=True))["recovered"] is True
+
+    await client._ws.send_json({"event": "ai:cancel", "data": {"messageId": tag}})
+    while (frame := await client.next())["event"] == "ai:response:chunk":
+        pass
+    assert frame["event"] == "ai:response:error"
+    assert (frame["data"]["messageId"], frame["data"]["code"]) == (tag, "cancelled")
+    request = next(r for r in fake.requests if tag in r.body["messages"][-1]["content"])
+    await asyncio.wait_for(request.disconnected.wait(), 2)
+    await client.quiet()
     await client.close()
 
 
@@ -468,15 +435,7 @@ async def test_an_ai_answer_nobody_resumes_is_cancelled_when_its_window_ends(
     proxy = proxy_to(node_a)
     client = Native()
     await client.connect(proxy.port, make_token(user_id=6602))
-    tag = uuid.uuid4().hex[:8]
-    await client._ws.send_json(
-        {
-            "event": "ai:chat",
-            "data": {"message": f"{tag} [[chunks=200 delay=0.1]]", "messageId": tag},
-        }
-    )
-    while (await client.next())["event"] != "ai:response:chunk":
-        pass
+    tag = await client.ask_ai("[[chunks=200 delay=0.1]]")
     proxy.cut()
     request = next(r for r in fake.requests if tag in r.body["messages"][-1]["content"])
     await asyncio.sleep(1.5)
@@ -498,15 +457,7 @@ async def test_an_answer_whose_producer_was_killed_ends_interrupted_not_hanging(
         token = make_token(user_id=6603, logged_in=True)
         client = Native()
         await client.connect(producer.port, token)
-        tag = uuid.uuid4().hex[:8]
-        await client._ws.send_json(
-            {
-                "event": "ai:chat",
-                "data": {"message": f"{tag} [[chunks=100 delay=0.1]]", "messageId": tag},
-            }
-        )
-        while (await client.next())["event"] != "ai:response:chunk":
-            pass
+        tag = await client.ask_ai("[[chunks=100 delay=0.1]]")
         producer.stop(signal.SIGKILL)
 
         again = await client.connect(other.port, token, resume=True)

@@ -8,7 +8,9 @@ The request path, top to bottom::
                                                                  metrics) or JSON 404
 
 The bus (:mod:`yektaws.bus`) is started after the gateway and stopped before it; the server API
-(:mod:`yektaws.admin`) is a separate application on its own listener, built by the server.
+(:mod:`yektaws.admin`), with the operator console mounted on it, is a separate application on its
+own listener, built by the server. The console's sampler (:mod:`yektaws.console.samples`) runs in
+every process, so that every node can answer the console's questions.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from aiohttp import web
 
 from yektaws.bus import BUS_KEY, Bus, RedisBus, open_bus
 from yektaws.connection import CloseReason
+from yektaws.console.samples import Sampler
+from yektaws.console.views import register as register_console_questions
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
+from yektaws.handlers.ai import CANCEL_SIGNAL
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
@@ -44,6 +49,7 @@ NATIVE_KEY = web.AppKey("native", NativeTransport)
 AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
 RECOVERY_KEY = web.AppKey("recovery", Recovery)
+SAMPLER_KEY = web.AppKey("sampler", Sampler)
 
 
 def create_app(
@@ -72,9 +78,14 @@ def create_app(
         gateway.recovery = bus.recovery = recovery
         ai_chat.bus, ai_chat.streams = bus, recovery.streams
         recovery.on_resumed(ai_chat.resumed)
+        bus.on_signal(CANCEL_SIGNAL, ai_chat.cancelled_elsewhere)
         app[RECOVERY_KEY] = recovery
     app[GATEWAY_KEY] = gateway
     app[BUS_KEY] = bus
+    metrics.report_broker(lambda: bus.state)
+    # Every process samples and answers the console's questions, whichever one serves the page.
+    app[SAMPLER_KEY] = Sampler(gateway, lambda: bus.state)
+    register_console_questions(bus.local, app[SAMPLER_KEY])
     app[SOCKETIO_KEY] = socketio
     app[NATIVE_KEY] = native
     app[AI_CHAT_KEY] = ai_chat
@@ -125,6 +136,7 @@ async def _start(app: web.Application) -> None:
         app[RECOVERY_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
     app[RECHECK_KEY].start()
+    app[SAMPLER_KEY].start()
 
 
 async def _close_connections(app: web.Application) -> None:
@@ -136,6 +148,7 @@ async def _close_connections(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
+    await app[SAMPLER_KEY].stop()
     await app[RECHECK_KEY].stop()
     await app[SOCKETIO_KEY].shutdown()
     await app[NATIVE_KEY].heartbeat.stop()

@@ -1,4 +1,4 @@
-"""The bus: emits, disconnects and presence queries that reach every gateway process.
+"""The bus: emits, disconnects and queries (presence, stats) that reach every gateway process.
 
 One bus serves both protocols. Every message names rooms, users, socket ids or tokens, never a
 protocol, and each process applies it to its own :class:`~yektaws.hub.Hub`, which holds its
@@ -9,10 +9,12 @@ used: it would reach Socket.IO clients only, on a channel of its own, next to th
 - :class:`RedisBus`: Redis pub/sub on one channel, ``<REDIS_PREFIX>:bus``. The process that
   publishes applies the message to its own hub first, directly, so local delivery never waits on
   the broker and keeps working without it; every other process applies what it receives.
-  Presence is request and response: the asker publishes a query naming its reply channel, every
-  live process answers with its connections, and the asker gathers answers until every live
-  process has answered or :data:`PRESENCE_TIMEOUT` has passed. Live processes are known from
-  the keys ``<REDIS_PREFIX>:node:<id>``, which each refreshes with a TTL.
+  Queries are request and response (:meth:`Bus.ask`): the asker publishes a query naming its
+  reply channel, every live process answers (presence: its connections of one user; the
+  operator console adds its own questions, :attr:`LocalNode.answers`), and the asker gathers
+  answers until every live process has answered or :data:`QUERY_TIMEOUT` has passed. Live
+  processes are known from the keys ``<REDIS_PREFIX>:node:<id>``, which each refreshes with a
+  TTL. A node that does not know a question stays silent, and the answer is marked incomplete.
 
 Broker faults: a failed publish is logged and counted, and the message is delivered locally only
 (the caller is told so). The subscription is re-established with exponential backoff up to
@@ -44,6 +46,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +68,7 @@ from yektaws.settings import Settings
 
 __all__ = [
     "BUS_KEY",
+    "Answers",
     "Bus",
     "Delivery",
     "LocalBus",
@@ -85,8 +89,8 @@ PING_INTERVAL = 1.0
 PING_TIMEOUT = 3.0
 #: Seconds this node's key lives without a refresh: a node that died leaves presence this fast.
 NODE_TTL = 5
-#: Seconds a presence query waits for the other nodes.
-PRESENCE_TIMEOUT = 1.0
+#: Seconds a query (presence, stats) waits for the other nodes.
+QUERY_TIMEOUT = 1.0
 #: Seconds one publish or key command may take; the broker counts as down beyond that.
 COMMAND_TIMEOUT = 1.0
 #: First and longest wait between two attempts to subscribe again.
@@ -137,6 +141,23 @@ class Delivery:
     receivers: int | None = None
 
 
+#: A question a node answers: it takes the query message (its arguments) and returns JSON data.
+Answerer = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class Answers:
+    """What the nodes answered to one query: node id -> answer, this node first.
+
+    ``missing`` names the live nodes that did not answer in time (or do not know the question);
+    ``complete`` is false then, and also when the live nodes could not be listed at all.
+    """
+
+    by_node: dict[str, Any]
+    missing: list[str]
+    complete: bool
+
+
 @dataclass(slots=True)
 class Presence:
     """A user's connections across the cluster, and whether every live node answered."""
@@ -152,6 +173,11 @@ class LocalNode:
     def __init__(self, gateway: Gateway, node: str) -> None:
         self.gateway = gateway
         self.id = node
+        #: The questions this node answers for the cluster (:meth:`Bus.ask`), by name.
+        self.answers: dict[str, Answerer] = {"presence": lambda query: self.presence(query["user"])}
+
+    def answer(self, kind: str, query: dict[str, Any]) -> Any:
+        return self.answers[kind](query)
 
     async def emit(self, room: str, event: str, data: Any, position: str | None = None) -> int:
         return await self.gateway.hub.emit(room, event, data, position)
@@ -200,6 +226,7 @@ class Bus(abc.ABC):
         self.recovery: Recovery | None = None
         #: The recovery log, when recovery is on.
         self.log: EventLog | None = None
+        self._signals: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
 
     @property
     def node_id(self) -> str:
@@ -209,6 +236,15 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def position(self) -> str:
         """The newest recovery-log position applied here: where a new connection starts."""
+
+    def on_signal(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Call ``handler(payload)`` for each signal ``name`` sent from another node."""
+        self._signals[name] = handler
+
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        """Send ``payload`` to the ``name`` handlers of the other nodes; False if it could not
+        go (no other nodes: a local bus; or no broker)."""
+        return False
 
     async def _revoke(self, target: Target) -> None:
         """Keep the saved states ``target`` names from being resumed (the server API ended
@@ -239,8 +275,18 @@ class Bus(abc.ABC):
         """Close every connection ``target`` names on every node (native 4001, ``reason``)."""
 
     @abc.abstractmethod
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        """Every live node's answer to the question ``kind`` (see :attr:`LocalNode.answers`).
+
+        ``query`` travels as the message itself, so its keys must not be ``op``, ``from``,
+        ``query`` or ``reply``.
+        """
+
     async def presence(self, user_id: str) -> Presence:
         """The connections of ``user_id`` on every node."""
+        answers = await self.ask("presence", {"user": user_id})
+        connections = [conn for node in answers.by_node.values() for conn in node]
+        return Presence(connections, list(answers.by_node), complete=answers.complete)
 
 
 class LocalBus(Bus):
@@ -268,8 +314,8 @@ class LocalBus(Bus):
         await self._revoke(target)
         return Delivery(await self.local.disconnect(target, reason), "none")
 
-    async def presence(self, user_id: str) -> Presence:
-        return Presence(self.local.presence(user_id), [self.node_id], complete=True)
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        return Answers({self.node_id: self.local.answer(kind, query)}, [], complete=True)
 
 
 class _Stale(Exception):
@@ -278,11 +324,10 @@ class _Stale(Exception):
 
 @dataclass
 class _Query:
-    """A presence query waiting for answers."""
+    """A query waiting for the other nodes' answers."""
 
     expected: set[str]
-    connections: list[dict[str, Any]] = field(default_factory=list)
-    answered: set[str] = field(default_factory=set)
+    answers: dict[str, Any] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -367,7 +412,7 @@ class RedisBus(Bus):
             await self._redis.aclose()
             self._redis = None
 
-    # -- the three operations ------------------------------------------------------------------
+    # -- the operations ------------------------------------------------------------------------
 
     async def emit(self, room: str, event: str, data: Any) -> Delivery:
         message = {"to": room, "event": event, "data": data}
@@ -394,6 +439,10 @@ class RedisBus(Bus):
                 pipe.exists(self._node_prefix + node)
             return [bool(found) for found in await pipe.execute()]
 
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        message = {"name": name, "payload": payload}
+        return await self._publish(self.channel, "signal", message) is not None
+
     async def announce_resumed(self, socket_id: str) -> None:
         """Tell every node that ``socket_id`` resumed here (an older incarnation must go)."""
         await self._publish(self.channel, "resumed", {"socket": socket_id})
@@ -404,8 +453,8 @@ class RedisBus(Bus):
         message = {"kind": target.kind.value, "value": target.value, "reason": reason}
         return await self._broadcast("disconnect", local, message)
 
-    async def presence(self, user_id: str) -> Presence:
-        here = self.local.presence(user_id)
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        here = self.local.answer(kind, query)
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 expected = {
@@ -413,21 +462,22 @@ class RedisBus(Bus):
                     async for key in self.redis.scan_iter(match=f"{self._node_prefix}*")
                 }
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("bus_presence_failed", error=type(exc).__name__)
-            return Presence(here, [self.node_id], complete=False)
+            log.warning("bus_query_failed", kind=kind, error=type(exc).__name__)
+            return Answers({self.node_id: here}, [], complete=False)
         expected.discard(self.node_id)
         query_id = uuid.uuid4().hex
-        query = self._queries[query_id] = _Query(expected)
+        waiting = self._queries[query_id] = _Query(expected)
         try:
-            message = {"query": query_id, "user": user_id, "reply": self._reply_channel}
-            if expected and await self._publish(self.channel, "presence", message) is not None:
+            message = {**query, "query": query_id, "reply": self._reply_channel}
+            if expected and await self._publish(self.channel, kind, message) is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PRESENCE_TIMEOUT):
-                        await query.done.wait()
+                    async with asyncio.timeout(QUERY_TIMEOUT):
+                        await waiting.done.wait()
         finally:
             del self._queries[query_id]
-        nodes = [self.node_id, *sorted(query.answered)]
-        return Presence(here + query.connections, nodes, complete=expected <= query.answered)
+        others = {node: waiting.answers[node] for node in sorted(waiting.answers)}
+        missing = sorted(expected - waiting.answers.keys())
+        return Answers({self.node_id: here, **others}, missing, complete=not missing)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -555,16 +605,18 @@ class RedisBus(Bus):
         elif kind == "resumed":
             if self.recovery is not None:
                 self.recovery.resumed_elsewhere(message["socket"])
-        elif kind == "presence":
-            connections = self.local.presence(message["user"])
-            answer = {"query": message["query"], "connections": connections}
-            await self._publish(message["reply"], "presence-answer", answer)
-        elif kind == "presence-answer":
+        elif kind == "signal":
+            handler = self._signals.get(message["name"])
+            if handler is not None:
+                await handler(message["payload"])
+        elif kind in self.local.answers:
+            answer = {"query": message["query"], "answer": self.local.answer(kind, message)}
+            await self._publish(message["reply"], f"{kind}-answer", answer)
+        elif kind.endswith("-answer"):
             query = self._queries.get(message["query"])
             if query is not None:
-                query.connections.extend(message["connections"])
-                query.answered.add(sender)
-                if query.expected <= query.answered:
+                query.answers[sender] = message["answer"]
+                if query.expected <= query.answers.keys():
                     query.done.set()
 
     # -- the watchdog --------------------------------------------------------------------------

@@ -9,9 +9,9 @@
   client sending them a byte at a time (slowloris) holds a connection forever. Each new connection
   gets ``HANDSHAKE_TIMEOUT`` seconds to complete its first request's headers.
 
-Both reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``); the
-tests in ``tests/test_attacks.py`` and ``tests/test_conformance.py`` fail loudly if an aiohttp
-upgrade moves them.
+Both reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``), listed
+in :mod:`yektaws.compat`: ``tests/test_compat.py`` names any that an aiohttp upgrade removes, and
+``tests/test_attacks.py`` and ``tests/test_conformance.py`` fail loudly if one changes meaning.
 """
 
 from __future__ import annotations

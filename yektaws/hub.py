@@ -8,7 +8,7 @@ the connection caps live here too, kept in step by :meth:`Hub.add` and :meth:`Hu
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from yektaws.connection import Connection
@@ -55,6 +55,15 @@ class Hub:
 
     def count_by_protocol(self) -> Counter[str]:
         return Counter(conn.protocol for conn in self._by_id.values())
+
+    def users(self) -> Iterator[tuple[str, Collection[Connection]]]:
+        """Each user with connections here (its ``user:<id>`` room), and those connections.
+
+        A live view for the operator console: read it at once, never across an ``await``.
+        """
+        for room, members in self._rooms.items():
+            if room.startswith("user:"):
+                yield room.removeprefix("user:"), members.values()
 
     def add(self, conn: Connection) -> None:
         """Register ``conn`` and put it in its rooms (see :func:`rooms_for`)."""

@@ -462,7 +462,8 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1",
         _str,
         "Address of the server API for other services (`/emit`, `/disconnect`, "
-        "`/users/<id>/connections`). Keep it off the public network.",
+        "`/users/<id>/connections`) and of the operator console (`/console/`). Keep it off the "
+        "public network.",
         "Server API",
     ),
     Setting(
@@ -476,8 +477,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ADMIN_API_KEY",
         "",
         _str,
-        "Bearer key the server API requires (`Authorization: Bearer <key>`). Empty: the server "
-        "API does not listen at all.",
+        "Bearer key the server API requires (`Authorization: Bearer <key>`), and the operator "
+        "console's login. Empty: the server API and the console do not listen at all.",
         "Server API",
         secret=True,
     ),

@@ -15,7 +15,11 @@ speaks, so this module is all the driver the tests need:
 Chromium is started with ``--remote-debugging-port=0``: it picks a free port itself and writes it
 to ``DevToolsActivePort`` in the profile directory, so two test runs never race for a port. Every
 page is a target of its own, attached in flat mode: one connection, one CDP session per page.
-At exit the browser's whole process group is killed by its PID and the temporary profile removed.
+
+Chromium runs in a temporary directory of its own (profile and ``HOME``, so nothing lands in the
+real ``~/.config``). At exit its process group is killed by the browser's PID, and so is every
+process still carrying the ``YEKTAWS_BROWSER`` variable this module sets: Chromium's crashpad
+handlers daemonize out of the group. Then the directory is removed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["Browser", "BrowserError", "ConsoleMessage", "Page", "group_members"]
+__all__ = ["Browser", "BrowserError", "ConsoleMessage", "Page", "processes_of"]
 
 CHROMIUM = "chromium"
 FLAGS = (
@@ -63,6 +67,9 @@ POLL_INTERVAL = 0.05
 """Seconds between two evaluations in :meth:`Page.wait_for`."""
 STOP_TIMEOUT = 5.0
 """Seconds Chromium gets to exit after SIGTERM before its process group is sent SIGKILL."""
+MARKER = "YEKTAWS_BROWSER"
+"""Environment variable naming the browser's directory. The crashpad handlers inherit it; Chromium
+gives its other children an environment of their own (they stay in its process group)."""
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 """Largest DevTools message accepted: a full-page PNG screenshot arrives base64-encoded in one."""
 
@@ -244,6 +251,13 @@ class Page:
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
+    async def set_viewport(self, width: int, height: int) -> None:
+        """Lay the page out at ``width`` x ``height`` CSS pixels (screenshots take that size)."""
+        await self._send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+
     async def screenshot(self, path: str | os.PathLike[str]) -> Path:
         """Write a PNG of the viewport to ``path`` and return it."""
         result = await self._send("Page.captureScreenshot", {"format": "png"})
@@ -262,7 +276,8 @@ class Browser:
     def __init__(self, executable: str = CHROMIUM) -> None:
         self.executable = executable
         self.process: subprocess.Popen[bytes] | None = None
-        self._profile: Path | None = None
+        self.root: Path | None = None
+        """The browser's temporary directory (``profile/``, ``home/``, ``chromium.log``)."""
         self._connection: _Connection | None = None
 
     @property
@@ -274,11 +289,14 @@ class Browser:
         path = shutil.which(self.executable)
         if path is None:
             raise BrowserError(f"{self.executable} is not installed (scripts/test installs it)")
-        self._profile = Path(tempfile.mkdtemp(prefix="yektaws-chromium-"))
-        log = (self._profile / "chromium.log").open("wb")
+        self.root = Path(tempfile.mkdtemp(prefix="yektaws-chromium-"))
+        (self.root / "home").mkdir()
+        env = {**os.environ, "HOME": str(self.root / "home"), MARKER: str(self.root)}
+        log = (self.root / "chromium.log").open("wb")
         try:
             self.process = subprocess.Popen(
-                [path, *FLAGS, f"--user-data-dir={self._profile}", "about:blank"],
+                [path, *FLAGS, f"--user-data-dir={self.root / 'profile'}", "about:blank"],
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -295,8 +313,8 @@ class Browser:
 
     async def _endpoint(self) -> str:
         """The browser's DevTools WebSocket URL, once Chromium has written its port file."""
-        assert self.process is not None and self._profile is not None
-        port_file = self._profile / "DevToolsActivePort"
+        assert self.process is not None and self.root is not None
+        port_file = self.root / "profile" / "DevToolsActivePort"
         deadline = time.monotonic() + LAUNCH_TIMEOUT
         while True:
             if self.process.poll() is not None:
@@ -311,8 +329,8 @@ class Browser:
             await asyncio.sleep(POLL_INTERVAL)
 
     def _log(self) -> str:
-        assert self._profile is not None
-        log = self._profile / "chromium.log"
+        assert self.root is not None
+        log = self.root / "chromium.log"
         return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
     async def new_page(self) -> Page:
@@ -344,46 +362,55 @@ class Browser:
                 await connection.close()
         finally:
             try:
-                if self.process is not None:
-                    await asyncio.to_thread(_stop_group, self.process)
+                if self.process is not None and self.root is not None:
+                    await asyncio.to_thread(_stop_processes, self.process, self.root)
             finally:
-                if self._profile is not None:
-                    profile, self._profile = self._profile, None
-                    shutil.rmtree(profile)
+                if self.root is not None:
+                    root, self.root = self.root, None
+                    shutil.rmtree(root)
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM Chromium's process group, SIGKILL it after STOP_TIMEOUT, and reap the browser."""
+def _stop_processes(process: subprocess.Popen[bytes], root: Path) -> None:
+    """SIGTERM Chromium's process group, SIGKILL it after STOP_TIMEOUT, then every straggler."""
     group = process.pid  # start_new_session made the browser its group's leader
     _signal_group(group, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(STOP_TIMEOUT)
-    # Renderers and helpers left behind by the browser die with their group. Their deaths are
-    # not synchronous with the signal: wait for them, or they may still write into the profile
-    # while it is being removed.
     _signal_group(group, signal.SIGKILL)
     process.wait()
+    # Deaths are not synchronous with the signal: wait for them, or a dying helper may still
+    # write into the directory while it is being removed.
     deadline = time.monotonic() + STOP_TIMEOUT
-    while survivors := group_members(group):
+    while survivors := processes_of(root, group):
         if time.monotonic() > deadline:
             raise BrowserError(f"chromium processes {survivors} outlived SIGKILL")
+        for pid in survivors:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(POLL_INTERVAL)
 
 
-def group_members(group: int) -> list[int]:
-    """PIDs of the live processes of process group ``group`` (zombies excluded), from /proc."""
-    members = []
+def processes_of(root: Path, group: int) -> list[int]:
+    """PIDs of the live processes of the browser in ``root`` whose leader's PID is ``group``.
+
+    Those in its process group, and those that left the group but inherited MARKER (Chromium
+    rebuilds the environment of its own children, so the marker alone would miss them).
+    Zombies are not counted: they have exited and only wait to be reaped.
+    """
+    marker = f"{MARKER}={root}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             # /proc/PID/stat: "pid (command) state ppid pgrp ..."; the command may hold spaces.
             state, _, pgrp = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError, IndexError):
-            continue  # the process ended while we looked
-        if int(pgrp) == group and state != "Z":
-            members.append(int(entry.name))
-    return members
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue  # it ended while we looked, or is not ours to read
+        if state != "Z" and (int(pgrp) == group or marker in environ):
+            found.append(int(entry.name))
+    return found
 
 
 def _signal_group(group: int, sig: int) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 
 from support.gateway import Gateway, free_port, start_gateway
 
-__all__ = ["API_KEY", "admin_port", "call_api", "start_node"]
+__all__ = ["API_KEY", "admin_port", "call_api", "start_node", "two_nodes"]
 
 #: The server API key of every node these tests start.
 API_KEY = "test-admin-key-0123456789"
@@ -29,6 +32,23 @@ def start_node(
         },
         args=args,
     )
+
+
+@contextlib.contextmanager
+def two_nodes(database_url: str, redis_url: str) -> Iterator[tuple[Gateway, Gateway]]:
+    """Nodes A and B of one cluster of their own (a fresh prefix), stopped afterwards."""
+    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
+    node_a = start_node(database_url, redis_url, prefix)
+    try:
+        node_b = start_node(database_url, redis_url, prefix)
+    except BaseException:
+        node_a.stop()
+        raise
+    try:
+        yield node_a, node_b
+    finally:
+        node_a.stop()
+        node_b.stop()
 
 
 def admin_port(gateway: Gateway) -> int:

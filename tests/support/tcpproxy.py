@@ -63,7 +63,11 @@ class SilenceableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            self._forward(client)
+            if self._admits(client):
+                self._forward(client)
+
+    def _admits(self, client: socket.socket) -> bool:
+        return True
 
     def _forward(self, client: socket.socket) -> None:
         try:
@@ -120,17 +124,11 @@ class CuttableProxy(SilenceableProxy):
     def retarget(self, port: int) -> None:
         self.target_port = port
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._down:
-                _reset(client)
-                client.close()  # no pump thread owns this one
-                continue
-            self._forward(client)
+    def _admits(self, client: socket.socket) -> bool:
+        if self._down:
+            _reset(client)
+            client.close()  # no pump thread owns this one
+        return not self._down
 
 
 def _reset(*sockets: socket.socket) -> None:

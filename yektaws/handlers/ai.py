@@ -98,6 +98,8 @@ MAX_UPSTREAM_CONNECTIONS = 100
 #: its answers in progress are alive (a dead one's answers end with ``interrupted``).
 PRODUCER_WATCH_INTERVAL = 2.0
 PRODUCER_WATCH_ROUNDS = 1800
+#: The bus signal that carries an ``ai:cancel`` to the node producing the answer.
+CANCEL_SIGNAL = "ai:cancel"
 #: Seconds a registry write may take before the answer goes on without it.
 REGISTRY_TIMEOUT = 1.0
 
@@ -485,17 +487,50 @@ class AIChat:
                 # Shielded: a cancelled answer must still leave the registry.
                 await asyncio.shield(self._registry(False, conn, answer))
 
-    async def cancel(self, conn: Connection, data: Any) -> Reply:
-        """Stop the answer named by ``messageId``; reply with its ``cancelled`` error."""
+    async def cancel(self, conn: Connection, data: Any) -> Reply | None:
+        """Stop the answer named by ``messageId``; its last event is its ``cancelled`` error.
+
+        On a resumed connection the answer may be produced by another node: the cancel goes
+        there through the bus, and that node sends the error event.
+        """
         message_id = parse_cancel(data)
         answer = self._answers.get(conn.id, {}).get(message_id)
         if answer is None:
+            if await self._cancel_elsewhere(conn.id, message_id):
+                return None
             raise BadRequest("messageId is not streaming on this connection")
+        error = await self._stop(answer)
+        if self.bus is None:
+            return Reply("ai:response:error", error)
+        await self._send(conn, "ai:response:error", error)  # recoverable, like the answer
+        return None
+
+    async def _stop(self, answer: _Answer) -> dict[str, Any]:
         answer.cancel_requested = True
         answer.task.cancel()
-        # Let the answer's task unwind first, so that the reply is the last word on it.
+        # Let the answer's task unwind first, so that the error is the last word on it.
         await asyncio.wait({answer.task})
-        return Reply("ai:response:error", _error_data(answer, "cancelled", retryable=False))
+        return _error_data(answer, "cancelled", retryable=False)
+
+    async def _cancel_elsewhere(self, socket_id: str, message_id: str) -> bool:
+        if self.streams is None or self.bus is None:
+            return False
+        try:
+            async with asyncio.timeout(REGISTRY_TIMEOUT):
+                producer = await self.streams.producer(socket_id, message_id)
+        except STORE_ERRORS:
+            return False
+        if producer is None or producer == self.bus.node_id:
+            return False
+        payload = {"socket": socket_id, "messageId": message_id}
+        return await self.bus.signal(CANCEL_SIGNAL, payload)
+
+    async def cancelled_elsewhere(self, payload: dict[str, Any]) -> None:
+        """An ``ai:cancel`` that reached another node, for an answer produced here."""
+        socket_id, message_id = payload["socket"], payload["messageId"]
+        answer = self._answers.get(socket_id, {}).get(message_id)
+        if answer is not None:
+            await self._send_to(socket_id, "ai:response:error", await self._stop(answer))
 
     # -- one answer -------------------------------------------------------------------------------
 

@@ -15,10 +15,10 @@ Two implementations, chosen by ``REDIS_URL``:
   order in which every node receives the events, and no event is in one without the other.
 
 Both are trimmed by count (``RECOVERY_MAX_EVENTS``) and by age (``RECOVERY_WINDOW``). Whether a
-position can still be served is exact, not a guess: the log remembers the newest position it
-ever trimmed (Redis 7's ``max-deleted-entry-id``), and a position older than that may have lost
-events after it, so it is refused (the client reloads its state instead of silently missing
-something).
+position can still be served never errs towards a silent gap: a position after which some event
+may have been trimmed is refused (the client reloads its state instead of missing something).
+The ring knows the newest position it trimmed; the stream is judged by its first entry (see
+:func:`_served`).
 """
 
 from __future__ import annotations
@@ -177,14 +177,16 @@ async def _iterate(entries: list[LogEntry]) -> AsyncIterator[LogEntry]:
         yield entry
 
 
-# KEYS[1] the stream, KEYS[2] the bus channel; ARGV[1] max entries, ARGV[2] window in ms,
+# The count trim is approximate (whole stream nodes: cheaper, and it only ever keeps more), the
+# age trim exact (it removes from the head, so it is cheap too). KEYS[1] the stream, KEYS[2] the
+# bus channel; ARGV[1] max entries, ARGV[2] window in ms,
 # ARGV[3] the message as a JSON object (without its offset). Returns the new entry's id and how
 # many subscribers the publish reached.
 # The id is spliced into the published JSON as its first member, so the bus message carries it.
 _APPEND = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'm', ARGV[3])
 local ms = tonumber(string.match(id, '^(%d+)-'))
-redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(ms - tonumber(ARGV[2])))
+redis.call('XTRIM', KEYS[1], 'MINID', tostring(ms - tonumber(ARGV[2])))
 local message = '{"offset":"' .. id .. '",' .. string.sub(ARGV[3], 2)
 local receivers = redis.call('PUBLISH', KEYS[2], message)
 return {id, receivers}
@@ -238,10 +240,7 @@ class RedisLog(EventLog):
         info = await self._info()
         if info is None:
             return _iterate([]) if wanted == (0, 0) else None
-        trimmed = position_key(info.get("max-deleted-entry-id") or START)
-        if wanted < trimmed or wanted > position_key(info["last-generated-id"]):
-            return None
-        return self._read_from(position)
+        return self._read_from(position) if _served(wanted, info) else None
 
     async def _read_from(self, position: str) -> AsyncIterator[LogEntry]:
         after = position
@@ -264,6 +263,25 @@ class RedisLog(EventLog):
             return int(info["length"]), 0.0
         first_ms = position_key(_text(first[0]))[0]
         return int(info["length"]), max(0.0, time.time() - first_ms / 1000)
+
+
+def _served(wanted: PositionKey, info: dict[str, Any]) -> bool:
+    """Whether every entry after ``wanted`` is still in the stream ``info`` describes.
+
+    Trimming removes entries from the head only, and Redis does not record the newest entry it
+    trimmed (``max-deleted-entry-id`` counts XDEL alone). So a position is served when nothing
+    was ever removed, or when it is still in the stream (every later entry then is too); a
+    position already trimmed may have had neighbours trimmed after it, and is refused.
+    """
+    last = position_key(info["last-generated-id"])
+    if wanted > last or wanted < position_key(info.get("max-deleted-entry-id") or START):
+        return False
+    if int(info.get("entries-added", 0)) == int(info.get("length", 0)):
+        return True  # nothing was ever trimmed
+    first = info.get("first-entry")
+    if not first:  # everything aged out: only the very last position lost nothing after it
+        return wanted == last
+    return wanted >= position_key(_text(first[0]))
 
 
 def entry_from_message(position: str, message: dict[str, Any]) -> LogEntry:

@@ -38,6 +38,10 @@ class StreamRegistry(abc.ABC):
         """``stream_id`` ended (its last event was sent)."""
 
     @abc.abstractmethod
+    async def producer(self, socket_id: str, stream_id: str) -> str | None:
+        """The node producing ``stream_id`` for ``socket_id``, if it is registered."""
+
+    @abc.abstractmethod
     async def orphans(self, socket_id: str) -> tuple[dict[str, str], int]:
         """``({streamId: language} whose producer is gone, streams still open)``; each orphan
         is reported to one caller only (it is removed)."""
@@ -51,6 +55,9 @@ class MemoryStreams(StreamRegistry):
 
     async def closed(self, socket_id: str, stream_id: str) -> None:
         pass
+
+    async def producer(self, socket_id: str, stream_id: str) -> str | None:
+        return None
 
     async def orphans(self, socket_id: str) -> tuple[dict[str, str], int]:
         return {}, 0
@@ -81,6 +88,10 @@ class RedisStreams(StreamRegistry):
 
     async def closed(self, socket_id: str, stream_id: str) -> None:
         await self._redis.hdel(self._prefix + socket_id, stream_id)
+
+    async def producer(self, socket_id: str, stream_id: str) -> str | None:
+        raw = await self._redis.hget(self._prefix + socket_id, stream_id)
+        return None if raw is None else str(orjson.loads(raw)["node"])
 
     async def orphans(self, socket_id: str) -> tuple[dict[str, str], int]:
         key = self._prefix + socket_id

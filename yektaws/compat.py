@@ -1,0 +1,280 @@
+"""The private and undocumented parts of our dependencies that yektaws relies on, in one list.
+
+Public APIs are pinned down by the test suite's behaviour; the names below are not part of any
+library's contract, and a release may rename or remove one without notice. The hot paths and
+guards use them directly (an indirection would cost on every frame), and :data:`INTERNALS`
+records each: the class or module that holds it, where yektaws uses it and why, and, for a
+callable yektaws overrides or calls positionally, the parameters it relies on.
+
+``tests/test_compat.py`` checks every entry against the installed versions, so an upgrade that
+removes or reshapes one (``scripts/test --latest`` runs against the newest allowed releases)
+fails with a message naming the entry, before a deploy meets it. A new use of a private name
+belongs here in the same change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["INTERNALS", "Internal", "resolve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Internal:
+    """One private or undocumented attribute yektaws touches."""
+
+    #: ``module:QualifiedName`` of the class (or module) that holds it.
+    owner: str
+    #: The attribute's name.
+    name: str
+    #: The yektaws modules that use it (paths from the repository root).
+    used_in: tuple[str, ...]
+    #: Why yektaws needs it, and what breaks without it.
+    why: str
+    #: Set in ``__init__``: only an instance has it, not the class.
+    instance: bool = False
+    #: For a callable: its first parameters (after ``self``), in order, as yektaws relies on them.
+    parameters: tuple[str, ...] | None = None
+    #: For a mapping: keys yektaws reads or replaces.
+    keys: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.owner}.{self.name}"
+
+
+def resolve(owner: str) -> Any:
+    """The object ``module:QualifiedName`` names."""
+    module_name, _, qualified = owner.partition(":")
+    found: Any = importlib.import_module(module_name)
+    for part in filter(None, qualified.split(".")):
+        found = getattr(found, part)
+    return found
+
+
+_GUARDS = ("yektaws/guards.py",)
+_ENGINEIO_WS = ("yektaws/transports/engineio_ws.py",)
+_SOCKETIO = ("yektaws/transports/socketio.py",)
+
+INTERNALS: tuple[Internal, ...] = (
+    # -- aiohttp --------------------------------------------------------------------------------
+    Internal(
+        "aiohttp.web_ws:WebSocketResponse",
+        "_post_start",
+        _GUARDS,
+        "GuardedWebSocketResponse overrides it: the first moment after the upgrade when the "
+        "request's protocol and reader exist, to put the FrameGuard in front of the reader.",
+        parameters=("request", "protocol", "writer"),
+    ),
+    Internal(
+        "aiohttp.web_ws:WebSocketResponse",
+        "_reader",
+        _GUARDS,
+        "The message queue a FrameGuard violation fails (set_exception), which makes aiohttp "
+        "close the connection with 1002.",
+    ),
+    Internal(
+        "aiohttp._websocket.reader:WebSocketDataQueue",
+        "set_exception",
+        _GUARDS,
+        "How a FrameGuard violation reaches receive(): an error message, then the close.",
+        parameters=("exc",),
+    ),
+    Internal(
+        "aiohttp.web_protocol:RequestHandler",
+        "_payload_parser",
+        _GUARDS,
+        "The object the protocol feeds every byte read from the socket (the WebSocketReader "
+        "after an upgrade); the guard replaces it with a FrameGuard that wraps it, to refuse "
+        "unmasked frames and reserved close codes (RFC 6455 5.1, 7.4.1).",
+    ),
+    Internal(
+        "aiohttp.http_websocket:WebSocketReader",
+        "feed_data",
+        _GUARDS,
+        "What the protocol calls on _payload_parser for each read; FrameGuard passes the bytes "
+        "on and returns its (done, tail) answer.",
+        parameters=("data",),
+    ),
+    Internal(
+        "aiohttp.http_websocket:WebSocketReader",
+        "feed_eof",
+        _GUARDS,
+        "The other call the protocol makes on _payload_parser; FrameGuard forwards it.",
+    ),
+    Internal(
+        "aiohttp.web_protocol:RequestHandler",
+        "_request_count",
+        _GUARDS,
+        "header_deadline_factory closes a connection still at 0 requests after "
+        "HANDSHAKE_TIMEOUT: aiohttp has no deadline for request headers (slowloris).",
+    ),
+    # -- python-engineio ------------------------------------------------------------------------
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "_async",
+        _SOCKETIO,
+        "The async driver table; its 'websocket' entry is replaced by EngineIOWebSocket, the "
+        "driver that runs Engine.IO websockets without a task and a timer per message.",
+        instance=True,
+        keys=("websocket",),
+    ),
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "handlers",
+        (*_SOCKETIO, *_ENGINEIO_WS),
+        "python-socketio's Engine.IO callbacks: wrapped (sessions that never join a namespace, "
+        "malformed packets, hanging polls), and 'message' called directly by the websocket "
+        "reader.",
+        instance=True,
+        keys=("connect", "disconnect", "message"),
+    ),
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "sockets",
+        _SOCKETIO,
+        "The Engine.IO sessions by sid: a client's transport, backlog and closed state.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "generate_id",
+        _SOCKETIO,
+        "Replaced under --workers so that session ids carry the worker (w<i>.) for the proxy's "
+        "polling affinity.",
+    ),
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "max_http_buffer_size",
+        _ENGINEIO_WS,
+        "The largest message; our websocket driver gives it to GuardedWebSocketResponse.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_server:AsyncServer",
+        "reason",
+        _ENGINEIO_WS,
+        "reason.TRANSPORT_CLOSE: the disconnect reason our reader reports when a websocket ends.",
+    ),
+    Internal(
+        "engineio.async_drivers.aiohttp:WebSocket",
+        "__init__",
+        _ENGINEIO_WS,
+        "EngineIOWebSocket subclasses the aiohttp driver; python-engineio instantiates it as "
+        "driver(socket._websocket_handler, server).",
+        parameters=("handler", "server"),
+    ),
+    Internal(
+        "engineio.async_drivers.aiohttp:WebSocket",
+        "handler",
+        _ENGINEIO_WS,
+        "A bound method of the AsyncSocket being upgraded: handler.__self__ is that socket.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_drivers.aiohttp:WebSocket",
+        "_sock",
+        _ENGINEIO_WS,
+        "The driver's websocket, set as the stock driver sets it (python-engineio reads it).",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "queue",
+        (*_SOCKETIO, *_ENGINEIO_WS),
+        "The outgoing queue: replaced by DirectSendQueue once upgraded, weighed for "
+        "MAX_OUTBOUND_BUFFER, given None to end a hanging poll.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "upgrading",
+        _ENGINEIO_WS,
+        "Set during the upgrade handshake: python-engineio holds polling sends while it is.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "upgraded",
+        (*_SOCKETIO, *_ENGINEIO_WS),
+        "Set when the upgrade completes; read for the connection's transport name.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "connected",
+        _ENGINEIO_WS,
+        "False for a websocket-only session, which our driver then opens itself.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "closed",
+        _SOCKETIO,
+        "No event is sent to a closed session.",
+        instance=True,
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "receive",
+        _ENGINEIO_WS,
+        "Packets other than MESSAGE (ping replies, close) go through the socket as before.",
+        parameters=("pkt",),
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "close",
+        _ENGINEIO_WS,
+        "Called when our websocket reader ends, with the keyword arguments named here.",
+        parameters=("wait", "abort", "reason"),
+    ),
+    # -- python-socketio ------------------------------------------------------------------------
+    Internal(
+        "socketio.packet:Packet",
+        "__init__",
+        _SOCKETIO,
+        "_Packet (orjson encoding) subclasses it and passes these arguments positionally.",
+        parameters=("packet_type", "data", "namespace", "id", "binary", "encoded_packet"),
+    ),
+    Internal(
+        "socketio.async_server:AsyncServer",
+        "_handle_connect",
+        _SOCKETIO,
+        "Overridden: the transport answers a namespace CONNECT itself (the socket id must be "
+        "chosen before python-socketio names it, and the reply carries the recovery pid).",
+        parameters=("eio_sid", "namespace", "data"),
+    ),
+    Internal(
+        "socketio.async_server:AsyncServer",
+        "_send_packet",
+        _SOCKETIO,
+        "Sends the CONNECT and CONNECT_ERROR replies of that handshake.",
+        parameters=("eio_sid", "pkt"),
+    ),
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "pre_connect",
+        _SOCKETIO,
+        "Names and registers the socket (calling eio.generate_id first, which hands it the "
+        "reserved id of a resumed socket).",
+        parameters=("eio_sid", "namespace"),
+    ),
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "connect",
+        _SOCKETIO,
+        "Marks the socket connected once the CONNECT reply is out.",
+        parameters=("sid", "namespace"),
+    ),
+    # -- aiosqlite ------------------------------------------------------------------------------
+    Internal(
+        "aiosqlite:Connection",
+        "_thread",
+        ("yektaws/sessions/embedded.py",),
+        "The SQLite worker thread, made a daemon so that a store left open cannot keep the "
+        "process from exiting (aiosqlite >= 0.22; before, the Connection was the thread).",
+        instance=True,
+    ),
+)
