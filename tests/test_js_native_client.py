@@ -28,7 +28,7 @@ from aiohttp.test_utils import TestServer
 
 from fake_model import FakeModel
 from support.browser import Browser, Page
-from support.cluster import API_KEY, call_api, start_node
+from support.cluster import API_KEY, call_api, two_nodes
 from support.gateway import Gateway, free_port, start_gateway
 from support.node import JS_DIR
 from support.node import _require_node as node_binary
@@ -489,15 +489,8 @@ async def test_a_deploy_moves_it_to_another_node_and_loses_nothing(
 ) -> None:
     """SIGTERM drains with 1001; the client comes back through the load balancer (the proxy,
     now pointing at the other node of the cluster) and resumes there."""
-    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
     env = {"CORS_ORIGIN": site.rstrip("/"), "DRAIN_SPREAD": "0.2"}
-    old = start_node(database_url, redis_url, prefix, **env)
-    try:
-        other = start_node(database_url, redis_url, prefix, **env)
-    except BaseException:
-        old.stop()
-        raise
-    try:
+    with two_nodes(database_url, redis_url, **env) as (old, other):
         user_id = 5500 + free_port() % 400
         proxy = proxy_to(old)
         # A fixed 1.5 s pause before coming back, so that the pushes below fall in the gap.
@@ -517,9 +510,6 @@ async def test_a_deploy_moves_it_to_another_node_and_loses_nothing(
         for _ in range(3):
             await client.until("event", name="notice")
         assert notices(client.lines) == [1, 2, 3]
-    finally:
-        other.stop()
-        old.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -547,15 +537,8 @@ async def test_an_ai_answer_survives_a_resume_that_takes_over_a_silent_connectio
     Fails on branch ``recovery`` (outcome ``abandoned``, half the chunks): the takeover runs
     the resume hooks first (no countdown to stop yet), then the old connection's end reaches
     the AI handler as a resumable loss and starts a countdown nobody will stop."""
-    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
     env = {"AI_BASE_URL": fake.base_url, "AI_MODEL": "fake-model", "AI_RESUME_WINDOW": "2"}
-    producer = start_node(database_url, redis_url, prefix, **env)
-    try:
-        other = start_node(database_url, redis_url, prefix, **env)
-    except BaseException:
-        producer.stop()
-        raise
-    try:
+    with two_nodes(database_url, redis_url, **env) as (producer, other):
         proxy = proxy_to(producer)
         client = await NodeClient.start(
             {
@@ -589,9 +572,6 @@ async def test_an_ai_answer_survives_a_resume_that_takes_over_a_silent_connectio
             assert chunks == "".join(f"chunk-{i} " for i in range(60))
         finally:
             await client.stop()
-    finally:
-        other.stop()
-        producer.stop()
 
 
 # -- when it stops for good ------------------------------------------------------------------------
