@@ -66,7 +66,7 @@ const noop = () => {};
  * An error of the client or the server. `code` is the server's error code (`bad_request`,
  * `unknown_event`, `rate_limited`, ...) or one of the client's own (`not_connected`,
  * `connection_lost`, `timeout`, `closed`, `unauthorized`, `forbidden`, `session_expired`,
- * `connection_closed`, `reconnect_failed`). `retryable` says whether the same call may succeed
+ * `connection_closed`, `reconnect_failed`, `token_unavailable`, `bad_url`). `retryable` says whether the same call may succeed
  * later; `sent` whether a request reached the socket (and so may have had an effect).
  */
 export class YektaError extends Error {
@@ -203,7 +203,8 @@ export class YektaClient {
     return () => this.off(event, listener);
   }
 
-  /** Like `on`, for the next occurrence only. */
+  /** Like `on`, for the next occurrence only (remove it early with the function returned:
+   * `off(event, listener)` does not know the wrapper). */
   once(event, listener) {
     const off = this.on(event, (...args) => {
       off();
