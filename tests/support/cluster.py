@@ -35,12 +35,13 @@ def start_node(
 
 
 @contextlib.contextmanager
-def two_nodes(database_url: str, redis_url: str) -> Iterator[tuple[Gateway, Gateway]]:
-    """Nodes A and B of one cluster of their own (a fresh prefix), stopped afterwards."""
+def two_nodes(database_url: str, redis_url: str, **env: str) -> Iterator[tuple[Gateway, Gateway]]:
+    """Nodes A and B of one cluster of their own (a fresh prefix, settings ``env`` on both),
+    stopped afterwards."""
     prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
-    node_a = start_node(database_url, redis_url, prefix)
+    node_a = start_node(database_url, redis_url, prefix, **env)
     try:
-        node_b = start_node(database_url, redis_url, prefix)
+        node_b = start_node(database_url, redis_url, prefix, **env)
     except BaseException:
         node_a.stop()
         raise

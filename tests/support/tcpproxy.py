@@ -44,7 +44,8 @@ class SilenceableProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def silence(self) -> int:
-        """Drop, from now on, everything sent either way on the connections open now."""
+        """Drop, from now on, everything sent either way on the connections open now, their
+        ends included (a side that closes is not heard of by the other)."""
         with self._lock:
             for pair in self._pairs:
                 pair.silent = True
@@ -88,7 +89,12 @@ class SilenceableProxy:
                     sink.sendall(data)
         except OSError:
             pass
-        if not pair.cutting:
+        if pair.silent:
+            # The path is gone: not even the end of one side reaches the other, which stays
+            # open until the proxy closes (a client giving up on a dead connection must not
+            # tell the server).
+            source.close()
+        elif not pair.cutting:
             pair.close()
 
 
