@@ -52,7 +52,8 @@ __all__ = [
 
 log = get_logger(__name__)
 
-# How long closing a websocket may take before its TCP connection is dropped.
+# How long a closing websocket may go without progress (its close frame not moving out, then no
+# answer to it) before its TCP connection is dropped (see GuardedWebSocketResponse.close_within).
 _CLOSE_TIMEOUT = 2.0
 
 # A refused second websocket is closed before it may send anything: no message is accepted.
@@ -79,6 +80,7 @@ class DirectSendQueue:
         #: Bytes framed but not yet handed to the transport.
         self.pending = 0
         self._close_after_flush = False
+        self._ended = False
 
     def adopt(self, queue: asyncio.Queue[Any]) -> None:
         """Take over what the polling transport had queued, in order, before anything newer."""
@@ -87,12 +89,12 @@ class DirectSendQueue:
 
     async def put(self, pkt: Any) -> None:
         if pkt is not None and self._ws.compress:
-            await _send_through_aiohttp(self._ws, pkt)
+            await _send_through_aiohttp(self._ws, self.transport, pkt)
             return
         self.put_nowait(pkt)
 
     def put_nowait(self, pkt: Any) -> None:
-        if pkt is None or self.transport.is_closing():
+        if pkt is None or self._ended or self.transport.is_closing():
             return  # None: python-engineio's "stop writing" marker
         encoded = pkt.encode()
         frame = (
@@ -122,6 +124,7 @@ class DirectSendQueue:
         if not self.transport.is_closing():
             self.transport.write(data)
         if self._close_after_flush:
+            self._ended = True  # the close frame is the last thing sent
             asyncio.get_running_loop().create_task(
                 self._ws.close_within(_CLOSE_TIMEOUT, self.transport)
             )
@@ -140,7 +143,9 @@ class DirectSendQueue:
         return None
 
 
-async def _send_through_aiohttp(ws: web.WebSocketResponse, pkt: Any) -> None:
+async def _send_through_aiohttp(
+    ws: GuardedWebSocketResponse, transport: asyncio.Transport, pkt: Any
+) -> None:
     encoded = pkt.encode()
     try:
         if isinstance(encoded, bytes):
@@ -150,7 +155,7 @@ async def _send_through_aiohttp(ws: web.WebSocketResponse, pkt: Any) -> None:
     except ConnectionError:
         return
     if pkt.packet_type == eio_packet.CLOSE:
-        asyncio.get_running_loop().create_task(ws.close())
+        asyncio.get_running_loop().create_task(ws.close_within(_CLOSE_TIMEOUT, transport))
 
 
 class EngineIOWebSocket(engineio_aiohttp.WebSocket):
@@ -227,6 +232,8 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
                 pkt = await _next_packet(ws)
                 if pkt is None:
                     break
+                if socket.closed:
+                    continue  # closing: read on until the client's close frame, answer nothing
                 try:
                     if pkt.packet_type == eio_packet.MESSAGE and on_message is not None:
                         await on_message(socket.sid, pkt.data)
