@@ -100,12 +100,14 @@ def start_gateway(
     port: int | None = None,
     args: list[str] | None = None,
     ready_timeout: float = 15.0,
+    entry: list[str] | None = None,
 ) -> Gateway:
     """Start ``python -m yektaws serve`` on 127.0.0.1 and wait until ``/health`` answers.
 
     ``env`` is laid over the test process's environment, after defaults that keep the run
     hermetic (JSON logs, an embedded store in a temporary directory unless ``DATABASE_URL`` is
-    given, no real AI upstream).
+    given, no real AI upstream). ``entry`` replaces the interpreter arguments that run the CLI
+    (``-m yektaws``), e.g. a launcher that wraps it.
     """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="yektaws-gw-"))
@@ -121,7 +123,12 @@ def start_gateway(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         **(env or {}),
     }
-    command = [sys.executable, "-m", "yektaws", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        *(entry or ["-m", "yektaws"]),
+        "serve",
+        *("--host", "127.0.0.1", "--port", str(port)),
+    ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [*command, *(args or [])],
