@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,13 +102,15 @@ def start_gateway(
     args: list[str] | None = None,
     ready_timeout: float = 15.0,
     entry: list[str] | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> Gateway:
     """Start ``python -m yektaws serve`` on 127.0.0.1 and wait until ``/health`` answers.
 
     ``env`` is laid over the test process's environment, after defaults that keep the run
     hermetic (JSON logs, an embedded store in a temporary directory unless ``DATABASE_URL`` is
     given, no real AI upstream). ``entry`` replaces the interpreter arguments that run the CLI
-    (``-m yektaws``), e.g. a launcher that wraps it.
+    (``-m yektaws``), e.g. a launcher that wraps it; ``preexec`` runs in the child before it
+    starts (resource limits).
     """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="yektaws-gw-"))
@@ -136,6 +139,7 @@ def start_gateway(
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
         )
     gateway = Gateway(process, port, log_path, full_env)
     deadline = time.monotonic() + ready_timeout

@@ -186,6 +186,7 @@ class NativeTransport:
         credentials = native_credentials(request)
         try:
             gateway.admission.check_origin(request.headers.get("Origin"))
+            gateway.admission.check_descriptors()
             session = await gateway.admission.admit(token=credentials.token, peer=client.address)
         except Rejection as rejection:
             refusal = rejection.refusal

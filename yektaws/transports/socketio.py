@@ -259,11 +259,14 @@ class SocketIOTransport:
         """The endpoint for every Socket.IO request (``/socket.io/`` or any path with ``EIO``)."""
         try:
             self._gateway.admission.check_origin(request.headers.get("Origin"))
+            if "sid" not in request.query:  # a new Engine.IO session
+                self._gateway.admission.check_descriptors()
         except Rejection as rejection:
             refusal = rejection.refusal
             peer = client_view(request, self._trusted).address
             self._gateway.rejected(SocketIOConnection.protocol, peer, refusal.reason)
-            return web.Response(status=refusal.status, text=refusal.message)
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            return web.Response(status=refusal.status, text=refusal.message, headers=headers)
         return await self._guards.handle(request)
 
     # -- python-socketio callbacks ---------------------------------------------------------------
