@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Gateway", "free_port", "start_gateway"]
+__all__ = ["Gateway", "children", "free_port", "free_port_pair", "start_gateway"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,6 +31,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` are both free on 127.0.0.1."""
+    while True:
+        base = free_port()
+        try:
+            with socket.create_server(("127.0.0.1", base + 1)):
+                return base
+        except OSError:
+            continue
+
+
+def children(parent: int) -> list[int]:
+    tasks = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in tasks]
 
 
 @dataclass
