@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +13,15 @@ import aiohttp
 
 from support.gateway import Gateway, free_port, start_gateway
 
-__all__ = ["API_KEY", "admin_port", "call_api", "start_node", "two_nodes"]
+__all__ = [
+    "API_KEY",
+    "admin_port",
+    "call_api",
+    "ready",
+    "start_node",
+    "two_nodes",
+    "wait_for_broker",
+]
 
 #: The server API key of every node these tests start.
 API_KEY = "test-admin-key-0123456789"
@@ -75,3 +85,20 @@ async def call_api(
         ) as response,
     ):
         return response.status, await response.json(content_type=None)
+
+
+async def ready(gateway: Gateway) -> tuple[int, dict[str, str]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.http_url}/ready") as response:
+        return response.status, (await response.json())["checks"]
+
+
+async def wait_for_broker(gateway: Gateway, state: str, timeout: float) -> float:
+    """Seconds until ``/ready`` reports the broker ``state`` (asserting it stays 200)."""
+    started = time.monotonic()
+    while True:
+        status, checks = await ready(gateway)
+        assert status == 200, checks  # a broker fault never fails readiness
+        if checks["broker"] == state:
+            return time.monotonic() - started
+        assert time.monotonic() - started < timeout, f"broker still {checks['broker']}"
+        await asyncio.sleep(0.1)

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NativeConnection", "NativeTransport", "decode_frame"]
 
-# How long a close handshake may take before the TCP connection is simply dropped.
+# How long a close may go without progress (its frame not moving out, then no answer to it) before
+# the TCP connection is dropped (see GuardedWebSocketResponse.close_within).
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -210,6 +211,7 @@ class NativeTransport:
         credentials = native_credentials(request)
         try:
             gateway.admission.check_origin(request.headers.get("Origin"))
+            gateway.admission.check_descriptors()
             session = await gateway.admission.admit(token=credentials.token, peer=client.address)
         except Rejection as rejection:
             refusal = rejection.refusal

@@ -18,8 +18,10 @@ namespace (the YektaYar apps do) are served the same events:
 
 Where python-engineio's defaults deviate from the Engine.IO specification or from our limits, this
 module closes the gap in front of it (:meth:`SocketIOTransport.handle`): the ``Origin`` check with
-an empty allow-list, 413 for an oversize long-polling body, and an Engine.IO session that never
-joins a namespace (or was refused) being closed after ``SOCKETIO_CONNECT_TIMEOUT``.
+an empty allow-list, the protocol corners of :mod:`yektaws.transports.engineio_guards` (methods,
+oversize bodies, polling after an upgrade, a second websocket, ping deadlines, the handshake's
+``pingInterval``), and an Engine.IO session that never joins a namespace (or was refused) being
+closed after ``SOCKETIO_CONNECT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
@@ -43,7 +45,12 @@ from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
 from yektaws.logging import get_logger
 from yektaws.recovery import ResumeRequest
-from yektaws.transports.engineio_ws import DirectSendQueue, websocket_driver
+from yektaws.transports.engineio_guards import EngineIOGuards
+from yektaws.transports.engineio_ws import (
+    DirectSendQueue,
+    release_transport,
+    websocket_driver,
+)
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -227,7 +234,6 @@ class SocketIOTransport:
         self._gateway = gateway
         settings = gateway.settings
         origins = gateway.origins
-        self._max_body = settings.max_message_size
         self._trusted = settings.trusted_proxies
         self._connect_timeout = settings.socketio_connect_timeout
         self._max_outbound = settings.max_outbound_buffer
@@ -263,6 +269,7 @@ class SocketIOTransport:
         )
         # The driver table is shared by every server of the process: replace it, do not mutate it.
         self.server.eio._async = {**self.server.eio._async, "websocket": driver}
+        self._guards = EngineIOGuards(self.server.eio, max_body=settings.max_message_size)
         self._generate_id = self.server.eio.generate_id
         self.server.eio.generate_id = self._next_id
         self.server.connect_handler = self._connect
@@ -276,15 +283,15 @@ class SocketIOTransport:
         """The endpoint for every Socket.IO request (``/socket.io/`` or any path with ``EIO``)."""
         try:
             self._gateway.admission.check_origin(request.headers.get("Origin"))
+            if "sid" not in request.query:  # a new Engine.IO session
+                self._gateway.admission.check_descriptors()
         except Rejection as rejection:
             refusal = rejection.refusal
             peer = client_view(request, self._trusted).address
             self._gateway.rejected(SocketIOConnection.protocol, peer, refusal.reason)
-            return web.Response(status=refusal.status, text=refusal.message)
-        if request.method == "POST" and (request.content_length or 0) > self._max_body:
-            # python-engineio would read nothing and answer nothing; the spec wants 413.
-            return web.Response(status=413, text="Payload too large")
-        return cast(web.StreamResponse, await self.server.handle_request(request))
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            return web.Response(status=refusal.status, text=refusal.message, headers=headers)
+        return await self._guards.handle(request)
 
     # -- ids ---------------------------------------------------------------------------------------
 
@@ -440,11 +447,10 @@ class SocketIOTransport:
         async def on_engineio_disconnect(eio_sid: str, reason: Any) -> Any:
             socket = eio.sockets.get(eio_sid)
             result = await socketio_disconnect(eio_sid, reason)
-            if socket is not None and not socket.upgraded:
-                # A client that closes a polling session (or is closed) may have a GET waiting
-                # for packets; python-engineio leaves it hanging until the ping timeout. An
-                # empty payload ends it now.
-                socket.queue.put_nowait(None)
+            if socket is not None:
+                # python-engineio leaves a waiting long-poll hanging until the ping timeout, and
+                # a ping-timed-out websocket open: both are ended now.
+                release_transport(socket)
             return result
 
         eio.on("connect", on_engineio_connect)
