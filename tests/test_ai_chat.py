@@ -51,6 +51,9 @@ def ai_gateway(fake: FakeModel, database_url: str) -> Iterator[Gateway]:
             "AI_MODEL": "fake-model",
             "AI_TIMEOUT": str(AI_TIMEOUT),
             "AI_MAX_CONCURRENT_PER_CONNECTION": "2",
+            # The handler on its own: every piece its own chunk event, a lost connection ending
+            # its answers. Answers that survive a lost connection: tests/test_recovery.py.
+            "RECOVERY_WINDOW": "0",
         }
     )
     yield process

@@ -32,6 +32,7 @@ from support.rawws import (
     frame,
     upgrade_request,
 )
+from support.storm import BAD_UTF8, storm
 
 ALLOWED_ORIGIN = "https://app.example.com"
 MAX_MESSAGE = 16 * 1024
@@ -320,7 +321,6 @@ async def wait_until_released(target: Target, timeout: float = 5.0) -> None:
 
 # -- the table ----------------------------------------------------------------------------------
 
-BAD_UTF8 = b'{"event":"echo","data":"\xc3\x28"}'
 NESTED = b'{"event":"echo","data":' + b"[" * 6_000 + b"]" * 6_000 + b"}"
 
 ATTACKS: list[tuple[str, Attack]] = [
@@ -476,8 +476,6 @@ def test_no_attack_made_a_handler_fail(target: Target) -> None:
 REJECTED_HANDSHAKES = 3000
 ABUSIVE_CONNECTIONS = 1000
 RSS_MARGIN = 10 * 1024 * 1024
-#: Connections in flight at once: under the per-address and per-owner caps.
-CONCURRENCY = 15
 
 
 def rss(pid: int) -> int:
@@ -488,42 +486,14 @@ def rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def rejected_handshake(port: int, _: str) -> None:
-    conn = await RawConnection.open(port)
-    try:
-        assert (await conn.request(upgrade_request("/ws?token=nope"))).status == 401
-    finally:
-        conn.abort()
-
-
-ABUSES = [
-    frame(OP_TEXT, b"x", mask=False),  # 1002
-    text(BAD_UTF8),  # 1007
-    text(b" " * (MAX_MESSAGE + 1)),  # 1009
-    text(b"not json") * 5,  # five error replies, then dropped without a close
-]
-
-
-async def abusive_connection(port: int, token: str, number: int) -> None:
-    conn = await RawConnection.upgraded(port, f"/ws?token={token}")
-    try:
-        await conn.read_event()
-        await conn.send(ABUSES[number % len(ABUSES)])
-        await conn.read_frame()
-    finally:
-        conn.abort()
-
-
-async def storm(port: int, tokens: list[str], rejected: int, abusive: int) -> None:
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(job: Awaitable[None]) -> None:
-        async with limit:
-            await job
-
-    jobs = [rejected_handshake(port, "") for _ in range(rejected)]
-    jobs += [abusive_connection(port, tokens[n % len(tokens)], n) for n in range(abusive)]
-    await asyncio.gather(*(one(job) for job in jobs))
+async def bad_connections(port: int, tokens: list[str]) -> None:
+    await storm(
+        port,
+        tokens,
+        rejected=REJECTED_HANDSHAKES,
+        abusive=ABUSIVE_CONNECTIONS,
+        max_message=MAX_MESSAGE,
+    )
 
 
 async def test_memory_returns_after_thousands_of_bad_connections(database_url: str) -> None:
@@ -532,10 +502,10 @@ async def test_memory_returns_after_thousands_of_bad_connections(database_url: s
     try:
         # Warm up with a storm of the same size: the first one grows the process by about 14 MiB
         # (imports, allocator arenas, buffers) that later ones reuse.
-        await storm(gateway.port, tokens, REJECTED_HANDSHAKES, ABUSIVE_CONNECTIONS)
+        await bad_connections(gateway.port, tokens)
         await asyncio.sleep(2)
         before = rss(gateway.pid)
-        await storm(gateway.port, tokens, REJECTED_HANDSHAKES, ABUSIVE_CONNECTIONS)
+        await bad_connections(gateway.port, tokens)
         await asyncio.sleep(2)  # closes and releases settle
         after = rss(gateway.pid)
         served_target = Target(gateway, database_url)

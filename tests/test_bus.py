@@ -8,13 +8,12 @@ server API, as another YektaYar service would send them.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from support.clients import NativeClient, ProtocolClient, SocketIOClient, connect
-from support.cluster import call_api, start_node
+from support.cluster import call_api, two_nodes
 from support.gateway import Gateway
 
 pytestmark = pytest.mark.timeout(60)
@@ -22,16 +21,8 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def cluster(database_url: str, redis_url: str) -> Iterator[tuple[Gateway, Gateway]]:
-    prefix = f"yektaws-test-{uuid.uuid4().hex[:12]}"
-    node_a = start_node(database_url, redis_url, prefix)
-    try:
-        node_b = start_node(database_url, redis_url, prefix)
-    except BaseException:
-        node_a.stop()
-        raise
-    yield node_a, node_b
-    node_a.stop()
-    node_b.stop()
+    with two_nodes(database_url, redis_url) as nodes:
+        yield nodes
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ disturbs no other test.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 
 from support.clients import ProtocolClient, connect
-from support.cluster import call_api, start_node
+from support.cluster import call_api, start_node, wait_for_broker
 from support.gateway import Gateway
 from support.redis import RedisServer
 from support.tcpproxy import SilenceableProxy
@@ -29,23 +28,6 @@ RECOVERY_BOUND = 8.0
 def redis_server() -> Iterator[RedisServer]:
     with RedisServer() as server:
         yield server
-
-
-async def ready(gateway: Gateway) -> tuple[int, dict[str, str]]:
-    async with aiohttp.ClientSession() as http, http.get(f"{gateway.http_url}/ready") as response:
-        return response.status, (await response.json())["checks"]
-
-
-async def wait_for_broker(gateway: Gateway, state: str, timeout: float) -> float:
-    """Seconds until ``/ready`` reports the broker ``state`` (asserting it stays 200)."""
-    started = time.monotonic()
-    while True:
-        status, checks = await ready(gateway)
-        assert status == 200, checks  # a broker fault never fails readiness
-        if checks["broker"] == state:
-            return time.monotonic() - started
-        assert time.monotonic() - started < timeout, f"broker still {checks['broker']}"
-        await asyncio.sleep(0.1)
 
 
 async def first_delivery(

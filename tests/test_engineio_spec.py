@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from support.gateway import Gateway, start_gateway
-from support.rawws import OP_TEXT, RawConnection, frame
+from support.rawws import OP_CLOSE, OP_TEXT, RawConnection, close_frame, frame
 
 MAX_MESSAGE = 8192
 PING_INTERVAL = 1.0
@@ -267,3 +267,176 @@ async def test_connect_error_shape_then_session_closed(polling: Polling, token, 
             break
         assert time.monotonic() - started < 2.5, packets
     assert time.monotonic() - started < 2.5
+
+
+# -- the corners python-engineio answers against the spec (yektaws/transports/engineio_guards.py) --
+# Each follows a case of the specification's own suite (socketio/engine.io-protocol, test-suite).
+
+
+def polling_get(sid: str) -> bytes:
+    return f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+async def upgrading(gateway: Gateway, polling: Polling) -> RawConnection:
+    """A websocket opened for ``polling``'s session, the upgrade not yet probed."""
+    return await RawConnection.upgraded(
+        gateway.port, f"/socket.io/?EIO=4&transport=websocket&sid={polling.sid}"
+    )
+
+
+async def assert_session_served_over(ws: RawConnection, token: str) -> None:
+    """The Engine.IO session behind ``ws`` is alive there: a Socket.IO CONNECT is answered."""
+    await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token.encode()))
+    while True:
+        _, payload = await ws.read_frame()
+        if payload not in (b"2", b"6"):  # a ping or the NOOP that ended the poll
+            break
+    assert payload.startswith(b'40{"sid"'), payload
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "HEAD"])
+async def test_invalid_request_method_gets_400(polling: Polling, method: str) -> None:
+    # "fails with an invalid request method": the handshake is GET only, data is POST.
+    base = f"{polling.base}/socket.io/?EIO=4&transport=polling"
+    for url in (base, polling.url):
+        async with polling.http.request(method, url) as response:
+            assert response.status == 400, (method, url, response.status)
+    assert await polling.post("3") == 200  # the session itself is untouched
+
+
+async def test_post_is_acknowledged_with_ok(polling: Polling) -> None:
+    async with polling.http.post(polling.url, data=b"3") as response:
+        assert (response.status, await response.text()) == (200, "ok")
+
+
+async def test_poll_while_the_upgrade_is_pending_gets_a_noop(polling, gateway, make_token):
+    # "successfully upgrades": after the probe, a poll is ended with NOOP so the client can pause.
+    ws = await upgrading(gateway, polling)
+    try:
+        await ws.send(frame(OP_TEXT, b"2probe"))
+        assert await ws.read_frame() == (OP_TEXT, b"3probe")
+        assert await polling.get() == (200, ["6"])
+        await ws.send(frame(OP_TEXT, b"5"))
+        await assert_session_served_over(ws, make_token())
+    finally:
+        await ws.close()
+
+
+async def test_poll_that_crosses_the_upgrade_packet_gets_400(polling, gateway, make_token):
+    # "ignores HTTP requests with same sid after upgrade": the client sends 2probe and 5 without
+    # waiting, then polls. The poll is written first here, so it reaches the server while the
+    # upgrade is still in flight: it must not be served over polling any more.
+    for _ in range(10):
+        await polling.open()
+        ws = await upgrading(gateway, polling)
+        http = await RawConnection.open(gateway.port)
+        try:
+            await http.send(polling_get(polling.sid))
+            await ws.send(frame(OP_TEXT, b"2probe") + frame(OP_TEXT, b"5"))
+            response = await http.response()
+            assert response.status == 400, (response.status, response.text)
+            assert await ws.read_frame() == (OP_TEXT, b"3probe")
+            await assert_session_served_over(ws, make_token())
+        finally:
+            await ws.close()
+            await http.close()
+
+
+@pytest.mark.parametrize("stage", ["mid-upgrade", "after the upgrade"])
+async def test_second_websocket_for_the_session_is_closed_cleanly(
+    polling, gateway, make_token, stage
+):
+    # "ignores WebSocket connection with same sid after upgrade": the second socket is closed
+    # (a close frame after its handshake, as Node's server does), the first one carries on.
+    first = await upgrading(gateway, polling)
+    second = None
+    try:
+        await first.send(frame(OP_TEXT, b"2probe"))
+        assert await first.read_frame() == (OP_TEXT, b"3probe")
+        if stage == "after the upgrade":
+            await first.send(frame(OP_TEXT, b"5"))
+            status, _ = await polling.get()  # answered once the upgrade is through
+            assert status == 400
+        second = await upgrading(gateway, polling)
+        opcode, payload = await second.read_frame()
+        assert opcode == OP_CLOSE and payload[:2] == (1008).to_bytes(2, "big"), payload
+        await second.send(close_frame(1008))
+        assert await second.closed_by_server(timeout=5)
+        if stage == "mid-upgrade":
+            await first.send(frame(OP_TEXT, b"5"))
+        await assert_session_served_over(first, make_token())
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
+
+
+async def test_client_close_ends_the_waiting_poll_with_a_noop(polling: Polling) -> None:
+    # "forcefully closes the session": a CLOSE posted while a GET waits.
+    waiting = asyncio.ensure_future(polling.get())
+    await asyncio.sleep(0)
+    assert await polling.post("1") == 200
+    assert await waiting == (200, ["6"])
+    status, _ = await polling.get()
+    assert status == 400
+
+
+# The spec suite's own heartbeat figures: both below a second.
+FAST_PING_INTERVAL = 0.3
+FAST_PING_TIMEOUT = 0.2
+
+
+@pytest.fixture(scope="module")
+def fast_ping_gateway(database_url: str) -> Iterator[Gateway]:
+    process = start_gateway(
+        {
+            "DATABASE_URL": database_url,
+            "SOCKETIO_PING_INTERVAL": str(FAST_PING_INTERVAL),
+            "SOCKETIO_PING_TIMEOUT": str(FAST_PING_TIMEOUT),
+        }
+    )
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def fast_polling(fast_ping_gateway: Gateway, http: aiohttp.ClientSession) -> Polling:
+    session = Polling(http, fast_ping_gateway.http_url)
+    await session.open()
+    return session
+
+
+async def test_sub_second_heartbeat_in_the_handshake(fast_polling: Polling) -> None:
+    # python-engineio wrote int(seconds) * 1000: 0 for 0.3 s.
+    assert fast_polling.handshake["pingInterval"] == 300
+    assert fast_polling.handshake["pingTimeout"] == 200
+
+
+async def test_sub_second_heartbeat_over_polling(fast_polling: Polling) -> None:
+    # "sends ping/pong packets", then "closes the session upon ping timeout".
+    started = time.monotonic()
+    for _ in range(3):
+        assert await fast_polling.get() == (200, ["2"])
+        assert await fast_polling.post("3") == 200
+    assert time.monotonic() - started >= 3 * FAST_PING_INTERVAL * 0.9
+    await asyncio.sleep(FAST_PING_INTERVAL + FAST_PING_TIMEOUT)  # the next ping goes unanswered
+    status, packets = await fast_polling.get()
+    assert status == 400 or packets == ["1"], (status, packets)
+
+
+async def test_sub_second_ping_timeout_closes_the_websocket(fast_ping_gateway: Gateway) -> None:
+    # "closes the session upon ping timeout" over WebSocket. python-engineio's ping-timeout close
+    # drops its own CLOSE packet, so the websocket of a silent peer used to stay open for good.
+    ws = await RawConnection.upgraded(
+        fast_ping_gateway.port, "/socket.io/?EIO=4&transport=websocket"
+    )
+    try:
+        opened = time.monotonic()
+        assert (await ws.read_frame())[1].startswith(b"0{")
+        assert await ws.read_frame() == (OP_TEXT, b"2")  # not answered
+        assert await ws.close_code(timeout=5) == 1000
+        # Found by the service task's sweep: within one more pingTimeout of the deadline.
+        deadline = FAST_PING_INTERVAL + FAST_PING_TIMEOUT
+        assert time.monotonic() - opened < deadline + FAST_PING_TIMEOUT + 1.0
+    finally:
+        await ws.close()

@@ -70,11 +70,14 @@ class RecordingConnection(Connection):
     def transport(self) -> str:
         return "websocket"
 
-    async def _send_event(self, event: str, data: Any) -> None:
+    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
         self.emitted.append((event, data))
 
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
         self.closed, self.closed_for = True, reason
+
+    async def abandon(self) -> None:
+        self.closed = True
 
 
 def assert_defined(event: str, data: Any) -> None:

@@ -16,7 +16,7 @@ import pytest
 import socketio
 
 from support.cluster import API_KEY, call_api
-from support.gateway import REPO, Gateway, free_port, start_gateway
+from support.gateway import REPO, Gateway, children, free_port, free_port_pair, start_gateway
 from support.proxies import Nginx, make_self_signed
 
 pytestmark = pytest.mark.timeout(90)
@@ -34,17 +34,6 @@ def yektaws_serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def free_port_pair() -> int:
-    """A port ``p`` such that ``p`` and ``p + 1`` are both free on 127.0.0.1."""
-    while True:
-        base = free_port()
-        try:
-            with socket.create_server(("127.0.0.1", base + 1)):
-                return base
-        except OSError:
-            continue
-
-
 def start_workers(database_url: str, redis_url: str, prefix: str, base: int) -> Gateway:
     return start_gateway(
         {
@@ -60,11 +49,6 @@ def start_workers(database_url: str, redis_url: str, prefix: str, base: int) -> 
         },
         args=["--workers", "2"],
     )
-
-
-def children(parent: int) -> list[int]:
-    tasks = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in tasks]
 
 
 def workers_started(gateway: Gateway) -> list[dict[str, object]]:

@@ -12,6 +12,10 @@ Routes (JSON in and out; a bad body gets 400 naming the field):
   ``"reason"``: native clients are closed with 4001 and the reason, Socket.IO clients get
   ``session:expired`` ``{"reason"}`` and are disconnected. A token also leaves the session cache.
 - ``GET /users/<id>/connections``: the user's connections on every node.
+
+The operator console (:mod:`yektaws.console`) is a sub-application on the same listener; its
+routes are guarded by its own cookie check, so the bearer key is asked here only for this
+application's own routes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from aiohttp.typedefs import Handler
 from yektaws.bus import BUS_KEY, Bus, Delivery, Target, TargetKind
 from yektaws.logging import get_logger
 
-__all__ = ["MAX_BODY", "MAX_REASON_BYTES", "create_admin_app"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_REASON_BYTES",
+    "BadRequest",
+    "bearer_key_valid",
+    "create_admin_app",
+    "json_object",
+    "optional_reason",
+]
 
 log = get_logger(__name__)
 
@@ -78,13 +90,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
 
 
+def bearer_key_valid(request: web.Request, api_key: str) -> bool:
+    """Whether ``request`` carries ``Authorization: Bearer <api_key>`` (constant-time compare)."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        presented.strip().encode(), api_key.encode()
+    )
+
+
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-    expected = request.app[_API_KEY]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        presented.strip().encode(), expected.encode()
-    ):
+    if request.match_info.apps[-1] is not request.app:
+        return await handler(request)  # a sub-application's route: it checks its own way
+    if not bearer_key_valid(request, request.app[_API_KEY]):
         log.warning("admin_unauthorized", path=request.path, peer=request.remote)
         return _error(401, "A valid API key is required", **{"WWW-Authenticate": "Bearer"})
     return await handler(request)
@@ -94,7 +112,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def emit(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await json_object(request)
     room = _string(body, "to")
     event = _string(body, "event")
     if len(event) > MAX_EVENT_NAME:
@@ -105,7 +123,7 @@ async def emit(request: web.Request) -> web.Response:
 
 
 async def disconnect(request: web.Request) -> web.Response:
-    body = await _json_object(request)
+    body = await json_object(request)
     named = [kind for kind in TargetKind if kind.value in body]
     if len(named) != 1:
         fields = ", ".join(f"'{kind.value}'" for kind in TargetKind)
@@ -115,13 +133,9 @@ async def disconnect(request: web.Request) -> web.Response:
     if kind is TargetKind.USER and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # {"user": 42} means what {"user": "42"} means
     value = _string(body | {kind.value: value}, kind.value)
-    reason = body.get("reason")
-    if reason is not None and (
-        not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES
-    ):
-        raise BadRequest(f"'reason' must be a string of at most {MAX_REASON_BYTES} UTF-8 bytes")
+    reason = optional_reason(body)
     target = Target.of_token(value) if kind is TargetKind.TOKEN else Target(kind, value)
-    delivery = await request.app[BUS_KEY].disconnect(target, reason or None)
+    delivery = await request.app[BUS_KEY].disconnect(target, reason)
     # A token is never logged, not even masked: the caller knows which one it sent.
     shown = "(token)" if kind is TargetKind.TOKEN else value
     log.info("admin_disconnect", by=kind.value, target=shown, local=delivery.local)
@@ -144,7 +158,7 @@ async def connections(request: web.Request) -> web.Response:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
@@ -152,6 +166,16 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
+
+
+def optional_reason(body: dict[str, Any]) -> str | None:
+    """The body's ``reason`` for a disconnect (None when absent or empty), or BadRequest."""
+    reason = body.get("reason")
+    if reason is not None and (
+        not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES
+    ):
+        raise BadRequest(f"'reason' must be a string of at most {MAX_REASON_BYTES} UTF-8 bytes")
+    return reason or None
 
 
 def _string(body: dict[str, Any], name: str) -> str:

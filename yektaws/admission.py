@@ -1,8 +1,9 @@
 """Admission: whether a handshake becomes a connection, decided the same way for both protocols.
 
 The checks run cheapest first, so that abuse is turned away before it costs a database query:
-draining, ``Origin``, the per-address cap, the token's presence, then the session lookup (rate
-limited, see :class:`~yektaws.auth.Authenticator`) and the per-owner cap. A refusal is a
+draining, ``Origin``, the file-descriptor budget (:mod:`yektaws.descriptors`), the per-address
+cap, the token's presence, then the session lookup (rate limited, see
+:class:`~yektaws.auth.Authenticator`) and the per-owner cap. A refusal is a
 :class:`Rejection`, which each transport renders its own way (an HTTP status and text for native,
 a CONNECT_ERROR for Socket.IO).
 """
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from yektaws.auth import Authenticator, HandshakeBusy, InvalidToken
+from yektaws.descriptors import DescriptorBudget
 from yektaws.hub import Hub
 from yektaws.sessions import Session, StoreUnavailable
 
@@ -49,6 +51,7 @@ INVALID_TOKEN = Refusal("invalid_token", 401, "Invalid or expired session token"
 UNAVAILABLE = Refusal("store_unavailable", 503, _RETRY, retryable=True, retry_after=5)
 BUSY = Refusal("busy", 503, _RETRY, retryable=True, retry_after=2)
 DRAINING = Refusal("draining", 503, "Server is restarting, please reconnect", True, 1)
+OUT_OF_DESCRIPTORS = Refusal("fd_limit", 503, _RETRY, retryable=True, retry_after=5)
 FORBIDDEN_ORIGIN = Refusal("origin", 403, "Origin not allowed")
 TOO_MANY_FROM_ADDRESS = Refusal(
     "address_limit", 429, "Too many connections from this address", True, 10
@@ -86,6 +89,7 @@ class Admission:
         max_per_address: int,
         max_per_owner: int,
         is_draining: Callable[[], bool],
+        descriptors: DescriptorBudget | None = None,
     ) -> None:
         self._authenticator = authenticator
         self._hub = hub
@@ -93,13 +97,20 @@ class Admission:
         self._max_per_address = max_per_address
         self._max_per_owner = max_per_owner
         self._is_draining = is_draining
+        self._descriptors = descriptors or DescriptorBudget()
 
     def check_origin(self, origin: str | None) -> None:
         if not self._origins.allows(origin):
             raise Rejection(FORBIDDEN_ORIGIN)
 
+    def check_descriptors(self) -> None:
+        """Refuse a new connection that would eat into the descriptor reserve."""
+        if self._descriptors.exhausted():
+            raise Rejection(OUT_OF_DESCRIPTORS)
+
     async def admit(self, *, token: str | None, peer: str) -> Session:
-        """Run every check after ``Origin`` (which each transport applies at its own moment)."""
+        """Run every check after ``Origin`` and the descriptors (which each transport applies at
+        its own moment: Socket.IO when an Engine.IO session opens, before any namespace)."""
         if self._is_draining():
             raise Rejection(DRAINING)
         if self._hub.connections_from(peer) >= self._max_per_address:

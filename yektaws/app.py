@@ -8,21 +8,35 @@ The request path, top to bottom::
                                                                  metrics) or JSON 404
 
 The bus (:mod:`yektaws.bus`) is started after the gateway and stopped before it; the server API
-(:mod:`yektaws.admin`) is a separate application on its own listener, built by the server.
+(:mod:`yektaws.admin`), with the operator console mounted on it, is a separate application on its
+own listener, built by the server. The console's sampler (:mod:`yektaws.console.samples`) runs in
+every process, so that every node can answer the console's questions.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from yektaws.bus import BUS_KEY, open_bus
+from yektaws.bus import BUS_KEY, Bus, RedisBus, open_bus
 from yektaws.connection import CloseReason
+from yektaws.console.samples import Sampler
+from yektaws.console.views import register as register_console_questions
 from yektaws.gateway import Gateway
 from yektaws.handlers import AIChat, build_dispatcher
+from yektaws.handlers.ai import CANCEL_SIGNAL
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
 from yektaws.middleware import upgrade_middleware
 from yektaws.recheck import SessionRechecker
+from yektaws.recovery import (
+    MemoryStates,
+    MemoryStreams,
+    Recovery,
+    RedisStates,
+    RedisStreams,
+    StateStore,
+    StreamRegistry,
+)
 from yektaws.sessions import SessionStore, open_store
 from yektaws.settings import Settings
 from yektaws.transports.native import NativeTransport
@@ -34,6 +48,8 @@ SOCKETIO_KEY = web.AppKey("socketio", SocketIOTransport)
 NATIVE_KEY = web.AppKey("native", NativeTransport)
 AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
+RECOVERY_KEY = web.AppKey("recovery", Recovery)
+SAMPLER_KEY = web.AppKey("sampler", Sampler)
 
 
 def create_app(
@@ -56,8 +72,20 @@ def create_app(
         middlewares=[upgrade_middleware(socketio.handle, native.handle), json_errors],
         client_max_size=settings.max_message_size,
     )
+    bus = open_bus(gateway, settings)
+    recovery = open_recovery(settings, gateway, bus)
+    if recovery is not None:
+        gateway.recovery = bus.recovery = recovery
+        ai_chat.bus, ai_chat.streams = bus, recovery.streams
+        recovery.on_resumed(ai_chat.resumed)
+        bus.on_signal(CANCEL_SIGNAL, ai_chat.cancelled_elsewhere)
+        app[RECOVERY_KEY] = recovery
     app[GATEWAY_KEY] = gateway
-    app[BUS_KEY] = open_bus(gateway, settings)
+    app[BUS_KEY] = bus
+    metrics.report_broker(lambda: bus.state)
+    # Every process samples and answers the console's questions, whichever one serves the page.
+    app[SAMPLER_KEY] = Sampler(gateway, lambda: bus.state)
+    register_console_questions(bus.local, app[SAMPLER_KEY])
     app[SOCKETIO_KEY] = socketio
     app[NATIVE_KEY] = native
     app[AI_CHAT_KEY] = ai_chat
@@ -73,11 +101,42 @@ def create_app(
     return app
 
 
+def open_recovery(settings: Settings, gateway: Gateway, bus: Bus) -> Recovery | None:
+    """Connection-state recovery over the bus's log: states in Redis beside a Redis bus, in
+    memory beside a local one; ``None`` with ``RECOVERY_WINDOW=0``."""
+    if settings.recovery_window <= 0 or bus.log is None:
+        return None
+    window = settings.recovery_window
+    states: StateStore
+    streams: StreamRegistry
+    if isinstance(bus, RedisBus):
+        states = RedisStates(bus.redis, settings.redis_prefix, window)
+        streams = RedisStreams(bus.redis, settings.redis_prefix, bus.node_id, bus.nodes_alive)
+    else:
+        states, streams = MemoryStates(window), MemoryStreams()
+    recovery = Recovery(
+        log=bus.log,
+        states=states,
+        streams=streams,
+        hub=gateway.hub,
+        metrics=gateway.metrics,
+        node=bus.node_id,
+        position=lambda: bus.position,
+        window=window,
+    )
+    if isinstance(bus, RedisBus):
+        recovery.announce = bus.announce_resumed
+    return recovery
+
+
 async def _start(app: web.Application) -> None:
     await app[GATEWAY_KEY].start()
     await app[BUS_KEY].start()
+    if RECOVERY_KEY in app:
+        app[RECOVERY_KEY].start()
     await app[AI_CHAT_KEY].start()  # the upstream HTTP session, one for the process
     app[RECHECK_KEY].start()
+    app[SAMPLER_KEY].start()
 
 
 async def _close_connections(app: web.Application) -> None:
@@ -89,9 +148,12 @@ async def _close_connections(app: web.Application) -> None:
 
 
 async def _stop(app: web.Application) -> None:
+    await app[SAMPLER_KEY].stop()
     await app[RECHECK_KEY].stop()
     await app[SOCKETIO_KEY].shutdown()
     await app[NATIVE_KEY].heartbeat.stop()
     await app[AI_CHAT_KEY].stop()
+    if RECOVERY_KEY in app:
+        await app[RECOVERY_KEY].stop()  # the last saved states are written before the bus goes
     await app[BUS_KEY].stop()
     await app[GATEWAY_KEY].stop()

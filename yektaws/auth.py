@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,13 +38,23 @@ __all__ = [
     "NativeCredentials",
     "native_credentials",
     "socketio_token",
+    "token_digest",
 ]
 
 log = get_logger(__name__)
 
+#: Least seconds between two log lines saying why session lookups fail (the others are counted).
+STORE_FAILURE_LOG_INTERVAL = 10.0
+
 #: The subprotocol a native client offers beside ``bearer.<token>``; the server selects it.
 NATIVE_SUBPROTOCOL = "yektaws.v1"
 _BEARER_SUBPROTOCOL_PREFIX = "bearer."
+
+
+def token_digest(token: str) -> str:
+    """A token's SHA-256 digest: how a token is named outside the session store and this process
+    (the bus, saved connection states), so that it never travels or rests in clear."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _bearer(header: str | None) -> str | None:
@@ -183,6 +194,8 @@ class Authenticator:
         self._cache = _PositiveCache(cache_ttl, cache_size)
         self._activity = _ActivityRecorder(store, touch_interval)
         self._activity_task: asyncio.Task[None] | None = None
+        self._failure_logged_at = -STORE_FAILURE_LOG_INTERVAL
+        self._failures_unlogged = 0
 
     def start(self) -> None:
         self._activity_task = asyncio.get_running_loop().create_task(self._activity.run())
@@ -192,6 +205,16 @@ class Authenticator:
             self._activity_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._activity_task
+
+    def _report_store_failure(self, exc: StoreUnavailable) -> None:
+        """Log why the store failed, once per :data:`STORE_FAILURE_LOG_INTERVAL`: clients are
+        told to retry, the operator needs the cause, and a storm must not flood the log."""
+        now = time.monotonic()
+        if now - self._failure_logged_at < STORE_FAILURE_LOG_INTERVAL:
+            self._failures_unlogged += 1
+            return
+        log.warning("session_store_failed", error=str(exc), notLogged=self._failures_unlogged)
+        self._failure_logged_at, self._failures_unlogged = now, 0
 
     async def authenticate(self, token: str) -> Session:
         """The session behind ``token``.
@@ -206,8 +229,9 @@ class Authenticator:
             started = time.perf_counter()
             try:
                 session = await self.store.lookup(token)
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
+                self._report_store_failure(exc)
                 raise
             finally:
                 self._metrics.store_seconds.observe(time.perf_counter() - started)

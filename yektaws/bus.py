@@ -1,4 +1,4 @@
-"""The bus: emits, disconnects and presence queries that reach every gateway process.
+"""The bus: emits, disconnects and queries (presence, stats) that reach every gateway process.
 
 One bus serves both protocols. Every message names rooms, users, socket ids or tokens, never a
 protocol, and each process applies it to its own :class:`~yektaws.hub.Hub`, which holds its
@@ -9,10 +9,12 @@ used: it would reach Socket.IO clients only, on a channel of its own, next to th
 - :class:`RedisBus`: Redis pub/sub on one channel, ``<REDIS_PREFIX>:bus``. The process that
   publishes applies the message to its own hub first, directly, so local delivery never waits on
   the broker and keeps working without it; every other process applies what it receives.
-  Presence is request and response: the asker publishes a query naming its reply channel, every
-  live process answers with its connections, and the asker gathers answers until every live
-  process has answered or :data:`PRESENCE_TIMEOUT` has passed. Live processes are known from
-  the keys ``<REDIS_PREFIX>:node:<id>``, which each refreshes with a TTL.
+  Queries are request and response (:meth:`Bus.ask`): the asker publishes a query naming its
+  reply channel, every live process answers (presence: its connections of one user; the
+  operator console adds its own questions, :attr:`LocalNode.answers`), and the asker gathers
+  answers until every live process has answered or :data:`QUERY_TIMEOUT` has passed. Live
+  processes are known from the keys ``<REDIS_PREFIX>:node:<id>``, which each refreshes with a
+  TTL. A node that does not know a question stays silent, and the answer is marked incomplete.
 
 Broker faults: a failed publish is logged and counted, and the message is delivered locally only
 (the caller is told so). The subscription is re-established with exponential backoff up to
@@ -24,6 +26,14 @@ back the bus reports itself ``degraded``.
 Pub/sub keeps nothing: a process that is not subscribed when a message is published misses it.
 ``PUBLISH`` says how many subscribers received a message, so a publish that reached fewer
 processes than are alive is logged (``bus_partial_delivery``) rather than lost in silence.
+
+With connection-state recovery on (:mod:`yektaws.recovery`), emits are recoverable events: each
+is appended to the recovery log and published in one step (:meth:`RedisLog.append
+<yektaws.recovery.RedisLog.append>`), and every process, the emitting one included, applies emits
+from the subscription in log order, skipping any position it has applied already. A process
+whose subscription was down reads what it missed from the log when it subscribes again, so its
+connected clients lose nothing either. Only when Redis cannot be reached at all is an emit
+delivered to this process's clients directly, live and without a position.
 """
 
 from __future__ import annotations
@@ -32,11 +42,11 @@ import abc
 import asyncio
 import contextlib
 import enum
-import hashlib
 import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,14 +58,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from yektaws.auth import token_digest
 from yektaws.connection import CloseReason
 from yektaws.gateway import Gateway
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
+from yektaws.recovery import START, EventLog, MemoryLog, Recovery, RedisLog, position_key
 from yektaws.settings import Settings
 
 __all__ = [
     "BUS_KEY",
+    "Answers",
     "Bus",
     "Delivery",
     "LocalBus",
@@ -76,8 +89,8 @@ PING_INTERVAL = 1.0
 PING_TIMEOUT = 3.0
 #: Seconds this node's key lives without a refresh: a node that died leaves presence this fast.
 NODE_TTL = 5
-#: Seconds a presence query waits for the other nodes.
-PRESENCE_TIMEOUT = 1.0
+#: Seconds a query (presence, stats) waits for the other nodes.
+QUERY_TIMEOUT = 1.0
 #: Seconds one publish or key command may take; the broker counts as down beyond that.
 COMMAND_TIMEOUT = 1.0
 #: First and longest wait between two attempts to subscribe again.
@@ -114,11 +127,6 @@ class Target:
         return cls(TargetKind.TOKEN, token_digest(token))
 
 
-def token_digest(token: str) -> str:
-    # Tokens never leave the process in clear: not to the broker, not to its monitors.
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """What an emit or disconnect did: connections reached here, and the broadcast's fate.
@@ -131,6 +139,23 @@ class Delivery:
     local: int
     broker: str
     receivers: int | None = None
+
+
+#: A question a node answers: it takes the query message (its arguments) and returns JSON data.
+Answerer = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(slots=True)
+class Answers:
+    """What the nodes answered to one query: node id -> answer, this node first.
+
+    ``missing`` names the live nodes that did not answer in time (or do not know the question);
+    ``complete`` is false then, and also when the live nodes could not be listed at all.
+    """
+
+    by_node: dict[str, Any]
+    missing: list[str]
+    complete: bool
 
 
 @dataclass(slots=True)
@@ -148,9 +173,14 @@ class LocalNode:
     def __init__(self, gateway: Gateway, node: str) -> None:
         self.gateway = gateway
         self.id = node
+        #: The questions this node answers for the cluster (:meth:`Bus.ask`), by name.
+        self.answers: dict[str, Answerer] = {"presence": lambda query: self.presence(query["user"])}
 
-    async def emit(self, room: str, event: str, data: Any) -> int:
-        return await self.gateway.hub.emit(room, event, data)
+    def answer(self, kind: str, query: dict[str, Any]) -> Any:
+        return self.answers[kind](query)
+
+    async def emit(self, room: str, event: str, data: Any, position: str | None = None) -> int:
+        return await self.gateway.hub.emit(room, event, data, position)
 
     async def disconnect(self, target: Target, reason: str | None) -> int:
         """Close every connection here that ``target`` names; returns how many."""
@@ -192,10 +222,38 @@ class Bus(abc.ABC):
 
     def __init__(self, local: LocalNode) -> None:
         self.local = local
+        #: Connection-state recovery, when it is on (set by the application).
+        self.recovery: Recovery | None = None
+        #: The recovery log, when recovery is on.
+        self.log: EventLog | None = None
+        self._signals: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
 
     @property
     def node_id(self) -> str:
         return self.local.id
+
+    @property
+    @abc.abstractmethod
+    def position(self) -> str:
+        """The newest recovery-log position applied here: where a new connection starts."""
+
+    def on_signal(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        """Call ``handler(payload)`` for each signal ``name`` sent from another node."""
+        self._signals[name] = handler
+
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        """Send ``payload`` to the ``name`` handlers of the other nodes; False if it could not
+        go (no other nodes: a local bus; or no broker)."""
+        return False
+
+    async def _revoke(self, target: Target) -> None:
+        """Keep the saved states ``target`` names from being resumed (the server API ended
+        those connections on purpose, some of them maybe while their clients were away)."""
+        if self.recovery is not None:
+            name = {TargetKind.USER: "user", TargetKind.SOCKET_ID: "socket"}.get(
+                target.kind, "token"
+            )
+            await self.recovery.revoke(f"{name}:{target.value}")
 
     @property
     @abc.abstractmethod
@@ -217,25 +275,47 @@ class Bus(abc.ABC):
         """Close every connection ``target`` names on every node (native 4001, ``reason``)."""
 
     @abc.abstractmethod
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        """Every live node's answer to the question ``kind`` (see :attr:`LocalNode.answers`).
+
+        ``query`` travels as the message itself, so its keys must not be ``op``, ``from``,
+        ``query`` or ``reply``.
+        """
+
     async def presence(self, user_id: str) -> Presence:
         """The connections of ``user_id`` on every node."""
+        answers = await self.ask("presence", {"user": user_id})
+        connections = [conn for node in answers.by_node.values() for conn in node]
+        return Presence(connections, list(answers.by_node), complete=answers.complete)
 
 
 class LocalBus(Bus):
-    """One process: the hub is the whole cluster."""
+    """One process: the hub is the whole cluster (and the recovery log is in memory)."""
+
+    def __init__(self, local: LocalNode, log: MemoryLog | None = None) -> None:
+        super().__init__(local)
+        self.log: MemoryLog | None = log
 
     @property
     def state(self) -> str:
         return "local"
 
+    @property
+    def position(self) -> str:
+        return START if self.log is None else self.log.tail
+
     async def emit(self, room: str, event: str, data: Any) -> Delivery:
-        return Delivery(await self.local.emit(room, event, data), "none")
+        if self.log is None:
+            return Delivery(await self.local.emit(room, event, data), "none")
+        entry = self.log.append(room, event, data)
+        return Delivery(await self.local.emit(room, event, data, entry.position), "none")
 
     async def disconnect(self, target: Target, reason: str | None) -> Delivery:
+        await self._revoke(target)
         return Delivery(await self.local.disconnect(target, reason), "none")
 
-    async def presence(self, user_id: str) -> Presence:
-        return Presence(self.local.presence(user_id), [self.node_id], complete=True)
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        return Answers({self.node_id: self.local.answer(kind, query)}, [], complete=True)
 
 
 class _Stale(Exception):
@@ -244,26 +324,50 @@ class _Stale(Exception):
 
 @dataclass
 class _Query:
-    """A presence query waiting for answers."""
+    """A query waiting for the other nodes' answers."""
 
     expected: set[str]
-    connections: list[dict[str, Any]] = field(default_factory=list)
-    answered: set[str] = field(default_factory=set)
+    answers: dict[str, Any] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class RedisBus(Bus):
     """The bus over Redis pub/sub (see the module docstring)."""
 
-    def __init__(self, local: LocalNode, url: str, prefix: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        local: LocalNode,
+        url: str,
+        prefix: str,
+        metrics: Metrics,
+        *,
+        recovery_window: float = 0,
+        recovery_max_events: int = 0,
+    ) -> None:
         super().__init__(local)
-        self._url = url
         self._metrics = metrics
+        # No retries inside redis-py: a command fails fast and the bus decides what to do
+        # (deliver locally, back off, resubscribe); hidden retries would stall every emit.
+        self._redis: aioredis.Redis | None = aioredis.Redis.from_url(
+            url,
+            socket_timeout=COMMAND_TIMEOUT,
+            socket_connect_timeout=COMMAND_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        #: The recovery log (``None`` with recovery off): emits are appended and published in one.
+        self.log: RedisLog | None = (
+            RedisLog(
+                self._redis, prefix, max_events=recovery_max_events, window=recovery_window
+            )
+            if recovery_window > 0
+            else None
+        )
+        #: The newest log position applied to this process's clients (None: not known yet).
+        self._applied: str | None = None
         self.channel = f"{prefix}:bus"
         self._node_prefix = f"{prefix}:node:"
         self._node_key = f"{prefix}:node:{local.id}"
         self._reply_channel = f"{prefix}:reply:{local.id}"
-        self._redis: aioredis.Redis | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._queries: dict[str, _Query] = {}
         self._healthy = asyncio.Event()
@@ -283,15 +387,11 @@ class RedisBus(Bus):
 
     # -- start and stop ------------------------------------------------------------------------
 
+    @property
+    def position(self) -> str:
+        return self._applied or START
+
     async def start(self) -> None:
-        # No retries inside redis-py: a command fails fast and the bus decides what to do
-        # (deliver locally, back off, resubscribe); hidden retries would stall every emit.
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            socket_timeout=COMMAND_TIMEOUT,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),
-        )
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._subscribe_forever()), loop.create_task(self._watch())]
         try:
@@ -312,19 +412,49 @@ class RedisBus(Bus):
             await self._redis.aclose()
             self._redis = None
 
-    # -- the three operations ------------------------------------------------------------------
+    # -- the operations ------------------------------------------------------------------------
 
     async def emit(self, room: str, event: str, data: Any) -> Delivery:
-        local = await self.local.emit(room, event, data)
-        return await self._broadcast("emit", local, {"to": room, "event": event, "data": data})
+        message = {"to": room, "event": event, "data": data}
+        if self.log is None:
+            local = await self.local.emit(room, event, data)
+            return await self._broadcast("emit", local, message)
+        # Applied here too when it comes back through the subscription, in log order.
+        local = len(self.local.gateway.hub.members(room))
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                _, receivers = await self.log.append(
+                    self.channel, {"op": "emit", "from": self.node_id, **message}
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._publish_failed("emit", exc)
+            return Delivery(await self.local.emit(room, event, data), "unavailable")
+        self._metrics.bus_published.labels("emit").inc()
+        return Delivery(local, "ok", receivers)
+
+    async def nodes_alive(self, nodes: list[str]) -> list[bool]:
+        """Whether each of ``nodes`` is still in the cluster (its key has not expired)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for node in nodes:
+                pipe.exists(self._node_prefix + node)
+            return [bool(found) for found in await pipe.execute()]
+
+    async def signal(self, name: str, payload: dict[str, Any]) -> bool:
+        message = {"name": name, "payload": payload}
+        return await self._publish(self.channel, "signal", message) is not None
+
+    async def announce_resumed(self, socket_id: str) -> None:
+        """Tell every node that ``socket_id`` resumed here (an older incarnation must go)."""
+        await self._publish(self.channel, "resumed", {"socket": socket_id})
 
     async def disconnect(self, target: Target, reason: str | None) -> Delivery:
+        await self._revoke(target)
         local = await self.local.disconnect(target, reason)
         message = {"kind": target.kind.value, "value": target.value, "reason": reason}
         return await self._broadcast("disconnect", local, message)
 
-    async def presence(self, user_id: str) -> Presence:
-        here = self.local.presence(user_id)
+    async def ask(self, kind: str, query: dict[str, Any]) -> Answers:
+        here = self.local.answer(kind, query)
         try:
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 expected = {
@@ -332,21 +462,22 @@ class RedisBus(Bus):
                     async for key in self.redis.scan_iter(match=f"{self._node_prefix}*")
                 }
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("bus_presence_failed", error=type(exc).__name__)
-            return Presence(here, [self.node_id], complete=False)
+            log.warning("bus_query_failed", kind=kind, error=type(exc).__name__)
+            return Answers({self.node_id: here}, [], complete=False)
         expected.discard(self.node_id)
         query_id = uuid.uuid4().hex
-        query = self._queries[query_id] = _Query(expected)
+        waiting = self._queries[query_id] = _Query(expected)
         try:
-            message = {"query": query_id, "user": user_id, "reply": self._reply_channel}
-            if expected and await self._publish(self.channel, "presence", message) is not None:
+            message = {**query, "query": query_id, "reply": self._reply_channel}
+            if expected and await self._publish(self.channel, kind, message) is not None:
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(PRESENCE_TIMEOUT):
-                        await query.done.wait()
+                    async with asyncio.timeout(QUERY_TIMEOUT):
+                        await waiting.done.wait()
         finally:
             del self._queries[query_id]
-        nodes = [self.node_id, *sorted(query.answered)]
-        return Presence(here + query.connections, nodes, complete=expected <= query.answered)
+        others = {node: waiting.answers[node] for node in sorted(waiting.answers)}
+        missing = sorted(expected - waiting.answers.keys())
+        return Answers({self.node_id: here, **others}, missing, complete=not missing)
 
     # -- publishing ----------------------------------------------------------------------------
 
@@ -363,12 +494,15 @@ class RedisBus(Bus):
             async with asyncio.timeout(COMMAND_TIMEOUT):
                 receivers = int(await self.redis.publish(channel, payload))
         except (RedisError, OSError, TimeoutError) as exc:
-            self._metrics.bus_publish_errors.inc()
-            self._healthy.clear()
-            log.warning("bus_publish_failed", kind=kind, error=type(exc).__name__)
+            self._publish_failed(kind, exc)
             return None
         self._metrics.bus_published.labels(kind).inc()
         return receivers
+
+    def _publish_failed(self, kind: str, exc: BaseException) -> None:
+        self._metrics.bus_publish_errors.inc()
+        self._healthy.clear()
+        log.warning("bus_publish_failed", kind=kind, error=type(exc).__name__)
 
     # -- the subscription ----------------------------------------------------------------------
 
@@ -382,6 +516,7 @@ class RedisBus(Bus):
                 self._ping = None
                 log.info("bus_subscribed", channel=self.channel, node=self.node_id)
                 backoff = BACKOFF_MIN
+                await self._catch_up()
                 await self._send_ping()  # healthy as soon as it comes back, not a round later
                 await self._receive(pubsub)
             except _Stale:
@@ -419,9 +554,41 @@ class RedisBus(Bus):
                 # end the subscription that every later message needs.
                 log.exception("bus_message_failed", channel=str(message.get("channel")))
 
+    async def _catch_up(self) -> None:
+        """Apply the emits published while this process was not subscribed (from the log)."""
+        if self.log is None:
+            return
+        if self._applied is None:  # a process that just started owes nobody anything older
+            self._applied = await self.log.tail()
+            return
+        entries = await self.log.entries_after(self._applied)
+        if entries is None:
+            log.warning("bus_catch_up_trimmed", since=self._applied)
+            self._applied = await self.log.tail()
+            return
+        caught_up = 0
+        async for entry in entries:
+            await self._apply_logged(entry.message())
+            caught_up += 1
+        if caught_up:
+            log.info("bus_caught_up", events=caught_up)
+
+    async def _apply_logged(self, message: dict[str, Any]) -> None:
+        """Apply an emit that has a log position, unless it has been applied already."""
+        position = message["offset"]
+        if self._applied is not None and position_key(position) <= position_key(self._applied):
+            return
+        self._applied = position
+        if message["from"] != self.node_id:
+            self._metrics.bus_received.labels("emit").inc()
+        await self.local.emit(message["to"], message["event"], message.get("data"), position)
+
     async def _apply(self, message: dict[str, Any]) -> None:
         kind = message["op"]
         sender = message["from"]
+        if kind == "emit" and "offset" in message:
+            await self._apply_logged(message)
+            return
         if kind == "ping":
             if sender == self.node_id and self._ping and message["nonce"] == self._ping[0]:
                 self._ping = None
@@ -435,16 +602,21 @@ class RedisBus(Bus):
         elif kind == "disconnect":
             target = Target(TargetKind(message["kind"]), message["value"])
             await self.local.disconnect(target, message["reason"])
-        elif kind == "presence":
-            connections = self.local.presence(message["user"])
-            answer = {"query": message["query"], "connections": connections}
-            await self._publish(message["reply"], "presence-answer", answer)
-        elif kind == "presence-answer":
+        elif kind == "resumed":
+            if self.recovery is not None:
+                self.recovery.resumed_elsewhere(message["socket"])
+        elif kind == "signal":
+            handler = self._signals.get(message["name"])
+            if handler is not None:
+                await handler(message["payload"])
+        elif kind in self.local.answers:
+            answer = {"query": message["query"], "answer": self.local.answer(kind, message)}
+            await self._publish(message["reply"], f"{kind}-answer", answer)
+        elif kind.endswith("-answer"):
             query = self._queries.get(message["query"])
             if query is not None:
-                query.connections.extend(message["connections"])
-                query.answered.add(sender)
-                if query.expected <= query.answered:
+                query.answers[sender] = message["answer"]
+                if query.expected <= query.answers.keys():
                     query.done.set()
 
     # -- the watchdog --------------------------------------------------------------------------
@@ -472,11 +644,21 @@ class RedisBus(Bus):
 
 
 def open_bus(gateway: Gateway, settings: Settings) -> Bus:
-    """:class:`RedisBus` when ``REDIS_URL`` is set, else :class:`LocalBus`."""
+    """:class:`RedisBus` when ``REDIS_URL`` is set, else :class:`LocalBus`; each with its
+    recovery log when ``RECOVERY_WINDOW`` is not 0."""
     local = LocalNode(gateway, node_id())
+    window, max_events = settings.recovery_window, settings.recovery_max_events
     if settings.redis_url:
-        return RedisBus(local, settings.redis_url, settings.redis_prefix, gateway.metrics)
-    return LocalBus(local)
+        return RedisBus(
+            local,
+            settings.redis_url,
+            settings.redis_prefix,
+            gateway.metrics,
+            recovery_window=window,
+            recovery_max_events=max_events,
+        )
+    log = MemoryLog(max_events=max_events, window=window, origin=local.id) if window > 0 else None
+    return LocalBus(local, log)
 
 
 BUS_KEY = web.AppKey("bus", Bus)

@@ -239,10 +239,33 @@ INTERNALS: tuple[Internal, ...] = (
         parameters=("packet_type", "data", "namespace", "id", "binary", "encoded_packet"),
     ),
     Internal(
-        "socketio.async_manager:AsyncManager",
-        "eio_sid_from_sid",
+        "socketio.async_server:AsyncServer",
+        "_handle_connect",
         _SOCKETIO,
-        "The Engine.IO session of a namespace connection, to close sessions refused at connect.",
+        "Overridden: the transport answers a namespace CONNECT itself (the socket id must be "
+        "chosen before python-socketio names it, and the reply carries the recovery pid).",
+        parameters=("eio_sid", "namespace", "data"),
+    ),
+    Internal(
+        "socketio.async_server:AsyncServer",
+        "_send_packet",
+        _SOCKETIO,
+        "Sends the CONNECT and CONNECT_ERROR replies of that handshake.",
+        parameters=("eio_sid", "pkt"),
+    ),
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "pre_connect",
+        _SOCKETIO,
+        "Names and registers the socket (calling eio.generate_id first, which hands it the "
+        "reserved id of a resumed socket).",
+        parameters=("eio_sid", "namespace"),
+    ),
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "connect",
+        _SOCKETIO,
+        "Marks the socket connected once the CONNECT reply is out.",
         parameters=("sid", "namespace"),
     ),
     # -- aiosqlite ------------------------------------------------------------------------------

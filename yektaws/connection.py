@@ -12,12 +12,15 @@ import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from yektaws.logging import get_logger, mask_token
 from yektaws.metrics import Metrics
 from yektaws.ratelimit import TokenBucket
 from yektaws.sessions import Session
+
+if TYPE_CHECKING:
+    from yektaws.recovery import Link
 
 __all__ = ["CloseReason", "Connection"]
 
@@ -44,8 +47,17 @@ class CloseReason(enum.Enum):
         return self.value[0]
 
     @property
+    def resumable(self) -> bool:
+        """Whether the client may resume afterwards: the server ended it, not the client's fault
+        and not the end of its session."""
+        return self in _RESUMABLE
+
+    @property
     def text(self) -> str:
         return self.value[1]
+
+
+_RESUMABLE = frozenset({CloseReason.GOING_AWAY, CloseReason.DEAD_PEER, CloseReason.TOO_SLOW})
 
 
 class Connection(ABC):
@@ -61,10 +73,13 @@ class Connection(ABC):
         "_tasks",
         "closed",
         "connected_at",
+        "end_reason",
         "id",
+        "left_on_purpose",
         "peer",
         "rate",
         "rate_strikes",
+        "recovery",
         "rooms",
         "session",
     )
@@ -78,6 +93,7 @@ class Connection(ABC):
         events_per_second: float,
         event_burst: int,
         metrics: Metrics,
+        recovery: Link | None = None,
     ) -> None:
         self.id = socket_id
         self.session = session
@@ -88,6 +104,12 @@ class Connection(ABC):
         #: Events refused for rate in a row; reset by the next accepted event.
         self.rate_strikes = 0
         self.closed = False
+        #: Why the server ended the connection, once it did.
+        self.end_reason: CloseReason | None = None
+        #: The client ended it deliberately (a close frame, a Socket.IO disconnect).
+        self.left_on_purpose = False
+        #: The tie to a saved state, on a recoverable connection (see :mod:`yektaws.recovery`).
+        self.recovery = recovery
         self._metrics = metrics
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -121,11 +143,43 @@ class Connection(ABC):
         if self.closed:
             return
         self._metrics.event_out(event)
-        await self._send_event(event, data)
+        await self._send_event(event, data, None)
+
+    async def greet(self, event: str, data: Any) -> None:
+        """Send the connection's first event; where the greeting carries the recovery handle
+        (native), it also carries the position the connection starts from. (A Socket.IO client
+        that received no recoverable event resumes without an offset, from that same position;
+        no position on its greeting keeps python-socketio handlers of one argument working.)"""
+        if self.closed:
+            return
+        self._metrics.event_out(event)
+        link = self.recovery
+        shown = link.position if link is not None and link.handle_in_greeting else None
+        await self._send_event(event, data, shown)
+
+    async def deliver(
+        self, event: str, data: Any, position: str, *, replaying: bool = False
+    ) -> None:
+        """Send a recoverable event found at ``position`` in the recovery log.
+
+        Until its replay is done a resumed connection holds live events back (they follow the
+        missed ones); an event already delivered, by the replay or live, is not sent again.
+        """
+        link = self.recovery
+        if link is None:
+            await self.emit(event, data)
+            return
+        if link.held is not None and not replaying:
+            link.held.append((event, data, position))
+            return
+        if self.closed or not link.advance(position):
+            return
+        self._metrics.event_out(event)
+        await self._send_event(event, data, position)
 
     @abstractmethod
-    async def _send_event(self, event: str, data: Any) -> None:
-        """The transport's way of sending one event."""
+    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
+        """The transport's way of sending one event (with its log position, if it has one)."""
 
     @abstractmethod
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
@@ -134,6 +188,17 @@ class Connection(ABC):
         ``text`` replaces the reason's own words where the client sees them (the native close
         frame, the ``session:expired`` payload): the server API passes its caller's ``reason``.
         """
+
+    @abstractmethod
+    async def abandon(self) -> None:
+        """Drop the connection at once, without a word: a resumed successor has replaced it."""
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the end of this connection leaves a state to resume (an abnormal end)."""
+        if self.end_reason is not None:
+            return self.end_reason.resumable
+        return not self.left_on_purpose
 
     # -- work running on behalf of the connection ---------------------------------------------
 
@@ -147,6 +212,10 @@ class Connection(ABC):
     @property
     def running_tasks(self) -> int:
         return len(self._tasks)
+
+    def release_task(self, task: asyncio.Task[Any]) -> None:
+        """Stop tying ``task`` to the connection: it outlives it (an AI answer being resumed)."""
+        self._tasks.discard(task)
 
     def cancel_tasks(self) -> None:
         """Cancel everything started with :meth:`start_task` (called by the transport on close)."""

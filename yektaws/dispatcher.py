@@ -54,6 +54,7 @@ class BadRequest(Exception):
 
 Handler = Callable[[Connection, Any], Awaitable[Reply | None]]
 ConnectHook = Callable[[Connection], Awaitable[Reply | None]]
+DisconnectHook = Callable[[Connection, bool], None]
 
 
 def error_reply(code: ErrorCode, message: str) -> Reply:
@@ -72,6 +73,7 @@ class Dispatcher:
     def __init__(self, *, rate_limit_strikes: int, metrics: Metrics) -> None:
         self._routes: dict[str, _Route] = {}
         self._on_connect: list[ConnectHook] = []
+        self._on_disconnect: list[DisconnectHook] = []
         self._strikes_allowed = rate_limit_strikes
         self._metrics = metrics
 
@@ -98,6 +100,11 @@ class Dispatcher:
         self._on_connect.append(hook)
         return hook
 
+    def on_disconnect(self, hook: DisconnectHook) -> DisconnectHook:
+        """Register a function called once per ended connection, with whether it may resume."""
+        self._on_disconnect.append(hook)
+        return hook
+
     def handles(self, event: str) -> bool:
         return event in self._routes
 
@@ -112,7 +119,13 @@ class Dispatcher:
         for hook in self._on_connect:
             reply = await hook(conn)
             if reply is not None:
-                await conn.emit(reply.event, reply.data)
+                await conn.greet(reply.event, reply.data)
+
+    def disconnected(self, conn: Connection, *, resumable: bool) -> None:
+        """Run the disconnect hooks of a connection that has ended (before its tasks are
+        cancelled); ``resumable``: its client may come back and resume it."""
+        for hook in self._on_disconnect:
+            hook(conn, resumable)
 
     async def dispatch(self, conn: Connection, event: Any, data: Any) -> Reply | None:
         """Handle one event from ``conn``; return the direct reply, if any."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from yektaws.admission import Admission, OriginPolicy
 from yektaws.auth import Authenticator
@@ -20,6 +21,9 @@ from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
 from yektaws.sessions import SessionStore
 from yektaws.settings import Settings
+
+if TYPE_CHECKING:
+    from yektaws.recovery import Recovery
 
 __all__ = ["Gateway"]
 
@@ -53,6 +57,8 @@ class Gateway:
             metrics=metrics,
         )
         self.draining = False
+        #: Connection-state recovery (``None`` with ``RECOVERY_WINDOW=0``); set by the app.
+        self.recovery: Recovery | None = None
         self._background: list[asyncio.Task[None]] = []
         self.admission = Admission(
             authenticator=self.authenticator,
@@ -86,7 +92,11 @@ class Gateway:
         log.info("reject", protocol=protocol, peer=peer, reason=reason)
 
     async def accepted(self, conn: Connection, *, transport: str) -> None:
-        """Log the new connection and greet it (the dispatcher's connect hooks)."""
+        """Log the new connection and greet it (the dispatcher's connect hooks); a resumed one
+        is then sent what it missed, before any live event."""
+        link = conn.recovery
+        if link is not None and self.recovery is not None:
+            await self.recovery.collect(link, conn.protocol)
         self.metrics.connects.labels(conn.protocol).inc()
         log.info(
             "connect",
@@ -95,12 +105,22 @@ class Gateway:
             transport=transport,
             userId=conn.user_id,
             peer=conn.peer,
+            recovered=None if link is None else link.recovered,
         )
         await self.dispatcher.connected(conn)
+        if self.recovery is not None:
+            await self.recovery.replay(conn)
 
     def released(self, conn: Connection, *, code: int | None, reason: str) -> None:
-        """Forget an ended connection and stop the work it started."""
+        """Forget an ended connection, keep or drop its saved state, stop the work it started
+        (the dispatcher's disconnect hooks may let some of it outlive the connection)."""
         self.hub.remove(conn)
+        link = conn.recovery
+        # A connection taken over by its own resume goes on in its successor, whatever its end.
+        resumable = link is not None and (link.taken_over or conn.resumable)
+        if self.recovery is not None:
+            self.recovery.ended(link, resumable=resumable, cause=_cause(conn))
+        self.dispatcher.disconnected(conn, resumable=resumable)
         conn.cancel_tasks()
         self.metrics.disconnects.labels(conn.protocol, str(code) if code else "none").inc()
         log.info(
@@ -117,3 +137,12 @@ class Gateway:
     async def close_all(self, reason: CloseReason) -> None:
         for conn in self.hub:
             await conn.close(reason)
+
+
+def _cause(conn: Connection) -> str:
+    """A bounded label for why a resumable connection ended (the saved-states metric)."""
+    if conn.end_reason is CloseReason.GOING_AWAY:
+        return "drain"
+    if conn.end_reason is not None:
+        return conn.end_reason.name.lower()
+    return "lost"

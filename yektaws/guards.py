@@ -5,25 +5,41 @@
   frame; aiohttp's reader accepts unmasked frames and close code 1006. The guard reads the frame
   headers of the incoming byte stream (and the two status bytes of a close frame, never other
   payloads) and fails the connection with 1002 at the first violation, before the reader sees it.
+- :meth:`GuardedWebSocketResponse.close_within`: a server-initiated close that a reading client
+  receives. aiohttp's own ``close()`` from another task than the read loop's drops the TCP
+  connection right after writing the frame, and its caller's deadline ran before the frame was
+  even out; a client still sending then met a reset that cost it the frame (1006 instead of the
+  code the server chose). The close waits for the frame to leave (``frame_sent``: the transport
+  buffer and the kernel's send queue), then for the client's answer, as RFC 6455 7.1.1 has it.
 - :func:`header_deadline_factory`: aiohttp has no timeout for receiving a request's headers, so a
   client sending them a byte at a time (slowloris) holds a connection forever. Each new connection
   gets ``HANDSHAKE_TIMEOUT`` seconds to complete its first request's headers.
 
-Both reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``), listed
-in :mod:`yektaws.compat`: ``tests/test_compat.py`` names any that an aiohttp upgrade removes, and
-``tests/test_attacks.py`` and ``tests/test_conformance.py`` fail loudly if one changes meaning.
+They reach into aiohttp internals (``RequestHandler._payload_parser``, ``_request_count``, the
+response's ``_writer``, ``_closed``, ``_set_closed``), listed in :mod:`yektaws.compat`:
+``tests/test_compat.py`` names any that an aiohttp upgrade removes, and ``tests/test_attacks.py``,
+``tests/test_conformance.py`` and ``tests/test_chaos.py`` fail loudly if one changes meaning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sys
+import termios
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError, WebSocketReader
 
-__all__ = ["FrameGuard", "GuardedWebSocketResponse", "header_deadline_factory"]
+__all__ = [
+    "CLOSE_ANSWER_TIMEOUT",
+    "FrameGuard",
+    "GuardedWebSocketResponse",
+    "frame_sent",
+    "header_deadline_factory",
+]
 
 _MASK_BIT = 0x80
 _LENGTH_MASK = 0x7F
@@ -33,6 +49,20 @@ _OPCODE_CLOSE = 0x8
 # (a member of its WSCloseCode); aio-libs/aiohttp#13536 fixes that upstream, not yet released in
 # 3.14.5. Autobahn case 7.9.5 checks it.
 _RESERVED_CLOSE_CODES = frozenset({1005, 1006, 1015})
+
+# What ends a closing handshake on the reading side.
+_ENDING_MESSAGES = frozenset(
+    {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR}
+)
+#: How long a client whose close frame has reached its machine has to answer it, as long as the
+#: websockets library and aiohttp's own close() wait (a client slowed down by its CPU reads its
+#: backlog first, and its library reports 1006 if the connection is gone when it answers).
+CLOSE_ANSWER_TIMEOUT = 10.0
+# How often a close in progress looks whether its frame has left: no event says when the peer's
+# TCP acknowledged it, so the send queue is polled, first soon (it is usually empty at once), then
+# less often for a slow reader.
+_SEND_POLL_FIRST = 0.005
+_SEND_POLL_LONGEST = 0.2
 
 
 class FrameGuard:
@@ -98,7 +128,8 @@ class FrameGuard:
 
 
 class GuardedWebSocketResponse(web.WebSocketResponse):
-    """A ``WebSocketResponse`` whose incoming frames pass a :class:`FrameGuard` first.
+    """A ``WebSocketResponse`` whose incoming frames pass a :class:`FrameGuard` first, and whose
+    server-initiated close is a complete closing handshake (:meth:`close_within`).
 
     ``max_message_size`` is the largest message accepted, inclusive: aiohttp's reader refuses an
     uncompressed message of exactly ``max_msg_size`` bytes (its test is ``>=``), so it is given
@@ -107,22 +138,106 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
 
     def __init__(self, *, max_message_size: int, **kwargs: Any) -> None:
         super().__init__(max_msg_size=max_message_size + 1, **kwargs)
+        #: Our close frame has been written: nothing but the peer's answer is awaited.
+        self._close_sent = False
+        self._peer_closed: asyncio.Future[None] | None = None
+        self._handshake_done: asyncio.Future[None] | None = None
+        self._handler_task: asyncio.Task[Any] | None = None
 
     async def close_within(
         self, timeout: float, transport: asyncio.Transport, code: int = 1000, text: str = ""
     ) -> None:
-        """Close with ``code``; drop the TCP connection if the close handshake takes longer.
+        """Close with ``code`` and ``text`` so that a client that reads receives them.
 
-        A server closing a client that does not read (or is gone) must not wait for it.
+        aiohttp's ``close()``, called while a read loop waits in ``receive()``, closes the TCP
+        connection as soon as the frame is written: a client still sending (pings, events) then
+        meets a reset, and a reset discards what the server had not yet sent, the close frame with
+        it (the client saw 1006). Here, as RFC 6455 section 7.1.1 has it, the connection is only
+        closed once the peer has answered with its own close frame (or gone):
+
+        1. the close frame is written after everything queued before it;
+        2. the frame is *out*: the transport's buffer and the kernel's send queue are empty, so it
+           has reached the client's machine. ``timeout`` counts from the last byte that moved, so
+           a slow client that keeps reading is waited for, one that stopped is dropped;
+        3. the peer has :data:`CLOSE_ANSWER_TIMEOUT` to answer with its close frame (or EOF),
+           and is read on meanwhile (what it still sends must not meet a closed socket, whose
+           reset its library may act on before reading the frame); then the connection is
+           closed with a FIN, never a reset: the frame already on its machine stays readable.
+
+        Concurrent calls share one handshake; this never raises.
         """
+        if self._handshake_done is not None:
+            await asyncio.shield(self._handshake_done)
+            return
+        if self._closed or self._writer is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._close_sent = True
+        self._peer_closed = loop.create_future()
+        self._handshake_done = loop.create_future()
         try:
-            async with asyncio.timeout(timeout):
-                await self.close(code=code, message=text.encode())
-        except (TimeoutError, ConnectionError):
+            await self._close_handshake(timeout, transport, code, text)
+        except Exception:  # the connection broke under us (reset, closed): nothing left to save
             transport.abort()
+        finally:
+            self._handshake_done.set_result(None)
+
+    async def _close_handshake(
+        self, timeout: float, transport: asyncio.Transport, code: int, text: str
+    ) -> None:
+        assert self._writer is not None and self._peer_closed is not None
+        if transport.is_closing():
+            return
+        await self._writer.close(code, text.encode())
+        if not await frame_sent(transport, timeout):
+            transport.abort()  # the client reads nothing: the frame cannot reach it
+            return
+        # From here the frame is on the client's machine; it is read on until it answers.
+        reading = None
+        if asyncio.current_task() is self._handler_task:  # no read loop runs but ours
+            reading = asyncio.get_running_loop().create_task(self._read_until_close())
+        try:
+            async with asyncio.timeout(CLOSE_ANSWER_TIMEOUT):
+                await asyncio.shield(self._peer_closed)
+        except TimeoutError:
+            pass  # a FIN all the same, not a reset: the frame stays readable for the client
+        finally:
+            if reading is not None:
+                reading.cancel()
+        transport.close()
+
+    async def _read_until_close(self) -> None:
+        assert self._peer_closed is not None
+        while not self._peer_closed.done():
+            message = await self.receive()
+            if message.type in _ENDING_MESSAGES:
+                return
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if not self._close_sent:
+            return await super().close(code=code, message=message, drain=drain)
+        # Our frame is out: aiohttp calls this when the peer's close frame (or its EOF, or a
+        # broken frame) arrives, which completes the handshake; no second close frame is sent.
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)
+        if self._closed:
+            return False
+        self._set_closed()
+        return True
+
+    async def ping(self, message: bytes = b"") -> None:
+        if not self._close_sent:  # RFC 6455 5.5.1: nothing is sent after a close frame
+            await super().ping(message)
+
+    async def pong(self, message: bytes = b"") -> None:
+        if not self._close_sent:
+            await super().pong(message)
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
         super()._post_start(request, protocol, writer)
+        self._handler_task = asyncio.current_task()
         handler = request.protocol
         reader = self._reader
         assert reader is not None  # super()._post_start has just made it
@@ -131,6 +246,47 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
             reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))
 
         handler._payload_parser = FrameGuard(handler._payload_parser, fail)
+
+
+async def frame_sent(transport: asyncio.Transport, stall_timeout: float) -> bool:
+    """Wait until everything written to ``transport`` has left this machine: its buffer is empty
+    and the kernel's send queue too (where it can be read: Linux ``SIOCOUTQ``). False once
+    ``stall_timeout`` passes without a byte moving, or if the connection is lost."""
+    loop = asyncio.get_running_loop()
+    outq = _kernel_send_queue(transport)
+    stalled_at = loop.time() + stall_timeout
+    interval = _SEND_POLL_FIRST
+    last = None
+    while not transport.is_closing():
+        pending = transport.get_write_buffer_size() + outq()
+        if pending == 0:
+            return True
+        now = loop.time()
+        if last is None or pending < last:
+            last, stalled_at = pending, now + stall_timeout
+        elif now >= stalled_at:
+            return False
+        await asyncio.sleep(interval)
+        interval = min(interval * 2, _SEND_POLL_LONGEST)
+    return False
+
+
+def _kernel_send_queue(transport: asyncio.Transport) -> Callable[[], int]:
+    """A function giving the bytes the kernel has not yet had acknowledged on this connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return lambda: 0
+    fd = sock.fileno()
+    buffer = bytearray(4)
+
+    def outq() -> int:
+        try:
+            fcntl.ioctl(fd, termios.TIOCOUTQ, buffer)
+        except OSError:
+            return 0  # closed meanwhile: is_closing() says so next
+        return int.from_bytes(buffer, sys.byteorder)
+
+    return outq
 
 
 def header_deadline_factory(

@@ -8,23 +8,25 @@ the connection caps live here too, kept in step by :meth:`Hub.add` and :meth:`Hu
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from yektaws.connection import Connection
 
-__all__ = ["Hub", "rooms_for"]
+__all__ = ["Hub", "rooms_for", "rooms_of"]
 
 
-def rooms_for(conn: Connection) -> list[str]:
-    """The rooms a new connection joins: its own id, and ``user:<id>`` for a user's session.
+def rooms_of(socket_id: str, user_id: str | None) -> list[str]:
+    """The rooms a connection is in: its own id, and ``user:<id>`` for a user's session.
 
     No room name ever contains a token: room names travel to logs, brokers and dashboards.
     """
-    rooms = [conn.id]
-    if conn.user_id is not None:
-        rooms.append(f"user:{conn.user_id}")
-    return rooms
+    return [socket_id] if user_id is None else [socket_id, f"user:{user_id}"]
+
+
+def rooms_for(conn: Connection) -> list[str]:
+    """The rooms a new connection joins (see :func:`rooms_of`)."""
+    return rooms_of(conn.id, conn.user_id)
 
 
 class Hub:
@@ -54,6 +56,15 @@ class Hub:
     def count_by_protocol(self) -> Counter[str]:
         return Counter(conn.protocol for conn in self._by_id.values())
 
+    def users(self) -> Iterator[tuple[str, Collection[Connection]]]:
+        """Each user with connections here (its ``user:<id>`` room), and those connections.
+
+        A live view for the operator console: read it at once, never across an ``await``.
+        """
+        for room, members in self._rooms.items():
+            if room.startswith("user:"):
+                yield room.removeprefix("user:"), members.values()
+
     def add(self, conn: Connection) -> None:
         """Register ``conn`` and put it in its rooms (see :func:`rooms_for`)."""
         self._by_id[conn.id] = conn
@@ -63,9 +74,14 @@ class Hub:
             self.join(conn, room)
 
     def remove(self, conn: Connection) -> None:
-        """Forget ``conn`` (idempotent)."""
-        if self._by_id.pop(conn.id, None) is None:
+        """Forget ``conn`` (idempotent).
+
+        Compared by identity: a resumed connection has the id of the one it replaced, whose
+        late end must not remove its successor.
+        """
+        if self._by_id.get(conn.id) is not conn:
             return
+        del self._by_id[conn.id]
         for room in list(conn.rooms):
             self.leave(conn, room)
         for counter, key in ((self._per_owner, conn.session.owner), (self._per_address, conn.peer)):
@@ -79,8 +95,8 @@ class Hub:
 
     def leave(self, conn: Connection, room: str) -> None:
         members = self._rooms.get(room)
-        if members is not None:
-            members.pop(conn.id, None)
+        if members is not None and members.get(conn.id) is conn:
+            del members[conn.id]
             if not members:
                 del self._rooms[room]
         conn.rooms.discard(room)
@@ -88,9 +104,15 @@ class Hub:
     def members(self, room: str) -> list[Connection]:
         return list(self._rooms.get(room, {}).values())
 
-    async def emit(self, room: str, event: str, data: Any) -> int:
-        """Send ``event`` to every connection in ``room`` here; returns how many it reached."""
+    async def emit(self, room: str, event: str, data: Any, position: str | None = None) -> int:
+        """Send ``event`` to every connection in ``room`` here; returns how many it reached.
+
+        ``position`` is the event's place in the recovery log, for a recoverable event.
+        """
         members = self.members(room)
         for conn in members:
-            await conn.emit(event, data)
+            if position is None:
+                await conn.emit(event, data)
+            else:
+                await conn.deliver(event, data, position)
         return len(members)

@@ -22,12 +22,15 @@ import structlog
 __all__ = ["configure_logging", "get_logger", "mask_secrets", "mask_token"]
 
 # Field names whose whole value is a secret wherever they appear in an event.
-_SECRET_KEYS = frozenset({"token", "session_token", "sessiontoken", "authorization", "password"})
+_SECRET_KEYS = frozenset(
+    {"token", "session_token", "sessiontoken", "authorization", "password", "resume", "pid"}
+)
 
-# A token inside free text: `token=…` (query strings), `Bearer …`, `bearer.…` (subprotocol) and a
-# password inside a URL (`postgresql://user:secret@host`).
+# A token inside free text: `token=…` (query strings; `resume=…`, a recovery handle, is masked
+# alike), `Bearer …`, `bearer.…` (subprotocol) and a password inside a URL
+# (`postgresql://user:secret@host`).
 _SECRET_PATTERNS = (
-    re.compile(r"(?P<prefix>[?&]token=)(?P<secret>[^&\s\"']+)", re.IGNORECASE),
+    re.compile(r"(?P<prefix>[?&](?:token|resume)=)(?P<secret>[^&\s\"']+)", re.IGNORECASE),
     re.compile(r"(?P<prefix>\bbearer[ .]+)(?P<secret>[A-Za-z0-9._~+/=-]+)", re.IGNORECASE),
     re.compile(r"(?P<prefix>://[^:/@\s]+:)(?P<secret>[^@\s]+)(?=@)"),
 )
@@ -41,7 +44,7 @@ def mask_token(token: str | None) -> str:
 
 
 # Cheap first look: most values (ids, addresses, event names) hold none of the three markers.
-_MAYBE_SECRET = re.compile(r"token=|bearer|://", re.IGNORECASE)
+_MAYBE_SECRET = re.compile(r"token=|resume=|bearer|://", re.IGNORECASE)
 
 
 def _mask_text(text: str) -> str:

@@ -92,6 +92,26 @@ class _OpenConnections(Collector):
         yield family
 
 
+class _BrokerUp(Collector):
+    """``yektaws_broker_up``: 1 while the broker carries messages, 0 while degraded.
+
+    Read from the bus at scrape time; absent without a broker (``REDIS_URL`` empty), where there
+    is nothing to be up or down.
+    """
+
+    def __init__(self, state: Callable[[], str]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "yektaws_broker_up", "1 while the broker (Redis) carries bus messages, 0 while degraded"
+        )
+        state = self._state()
+        if state != "local":
+            family.add_metric([], 1.0 if state == "ok" else 0.0)
+        yield family
+
+
 class Metrics:
     """Every metric of one gateway."""
 
@@ -137,6 +157,11 @@ class Metrics:
         )
         self.store_errors = Counter(
             "yektaws_session_store_errors", "Session store lookups that failed", registry=registry
+        )
+        self.store_up = Gauge(
+            "yektaws_session_store_up",
+            "1 when the session store answered the last periodic ping, 0 when it did not",
+            registry=registry,
         )
         self.loop_lag_seconds = Gauge(
             "yektaws_event_loop_lag_seconds",
@@ -200,6 +225,10 @@ class Metrics:
     def count_open_connections(self, count_by_protocol: Callable[[], dict[str, int]]) -> None:
         """Report open connections from ``count_by_protocol`` at each scrape."""
         self.registry.register(_OpenConnections(count_by_protocol))
+
+    def report_broker(self, state: Callable[[], str]) -> None:
+        """Report the bus's ``state`` (``local``, ``ok``, ``degraded``) at each scrape."""
+        self.registry.register(_BrokerUp(state))
 
     # -- the per-event path -------------------------------------------------------------------
 

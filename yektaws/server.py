@@ -22,6 +22,7 @@ from aiohttp import web
 from yektaws import __version__, systemd
 from yektaws.admin import create_admin_app
 from yektaws.app import BUS_KEY, GATEWAY_KEY, create_app
+from yektaws.console.routes import CONSOLE_PATH, create_console_app
 from yektaws.drain import drain
 from yektaws.guards import header_deadline_factory
 from yektaws.logging import get_logger
@@ -58,11 +59,9 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
         return 1
     admin = None
     if settings.admin_api_key:
-        admin = web.AppRunner(
-            create_admin_app(app[BUS_KEY], settings.admin_api_key),
-            access_log=None,
-            handle_signals=False,
-        )
+        admin_app = create_admin_app(app[BUS_KEY], settings.admin_api_key)
+        admin_app.add_subapp(CONSOLE_PATH, create_console_app(app[BUS_KEY], settings.admin_api_key))
+        admin = web.AppRunner(admin_app, access_log=None, handle_signals=False)
         await admin.setup()
     listeners: list[asyncio.AbstractServer] = []
     try:

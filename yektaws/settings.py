@@ -50,6 +50,17 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _seconds_or_off(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be a number of seconds, 0 to turn it off")
+    return value
+
+
+def _optional_seconds(raw: str) -> float | None:
+    return None if not raw.strip() else _positive_float(raw)
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -384,6 +395,41 @@ SETTINGS: tuple[Setting, ...] = (
         "AI answers one connection may have streaming at once.",
         "AI chat",
     ),
+    Setting(
+        "AI_RESUME_WINDOW",
+        "",
+        _optional_seconds,
+        "Seconds an AI answer keeps streaming after its connection was lost, waiting for the "
+        "client to resume (its chunks are recoverable events); then it is cancelled. Empty: "
+        "`RECOVERY_WINDOW`. Without recovery a lost connection cancels its answers at once.",
+        "AI chat",
+    ),
+    Setting(
+        "AI_CHUNK_INTERVAL",
+        "0.04",
+        _seconds_or_off,
+        "With recovery on: pieces of an answer arriving within this many seconds of the last "
+        "`ai:response:chunk` are joined into the next one, so a fast model does not write one "
+        "recovery-log entry per token. 0: one chunk event per piece.",
+        "AI chat",
+    ),
+    # -- recovery ---------------------------------------------------------------------------------
+    Setting(
+        "RECOVERY_WINDOW",
+        "120",
+        _seconds_or_off,
+        "Seconds a lost connection may be resumed (same `socketId`, rooms, and every "
+        "recoverable event it missed) and recoverable events are kept. 0 turns recovery off.",
+        "Recovery",
+    ),
+    Setting(
+        "RECOVERY_MAX_EVENTS",
+        "10000",
+        _int_between(1, 10_000_000),
+        "Most recoverable events kept (for the whole cluster with `REDIS_URL`); a client that "
+        "missed more than were kept resumes with `recovered: false`.",
+        "Recovery",
+    ),
     # -- scale-out and server API -----------------------------------------------------------------
     Setting(
         "REDIS_URL",
@@ -416,7 +462,8 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1",
         _str,
         "Address of the server API for other services (`/emit`, `/disconnect`, "
-        "`/users/<id>/connections`). Keep it off the public network.",
+        "`/users/<id>/connections`) and of the operator console (`/console/`). Keep it off the "
+        "public network.",
         "Server API",
     ),
     Setting(
@@ -430,8 +477,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ADMIN_API_KEY",
         "",
         _str,
-        "Bearer key the server API requires (`Authorization: Bearer <key>`). Empty: the server "
-        "API does not listen at all.",
+        "Bearer key the server API requires (`Authorization: Bearer <key>`), and the operator "
+        "console's login. Empty: the server API and the console do not listen at all.",
         "Server API",
         secret=True,
     ),
@@ -506,6 +553,10 @@ class Settings:
     ai_api_key: str
     ai_timeout: float
     ai_max_concurrent_per_connection: int
+    ai_resume_window: float | None
+    ai_chunk_interval: float
+    recovery_window: float
+    recovery_max_events: int
     redis_url: str
     redis_prefix: str
     worker_base_port: int

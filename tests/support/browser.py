@@ -251,6 +251,13 @@ class Page:
                 )
             await asyncio.sleep(POLL_INTERVAL)
 
+    async def set_viewport(self, width: int, height: int) -> None:
+        """Lay the page out at ``width`` x ``height`` CSS pixels (screenshots take that size)."""
+        await self._send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
+
     async def screenshot(self, path: str | os.PathLike[str]) -> Path:
         """Write a PNG of the viewport to ``path`` and return it."""
         result = await self._send("Page.captureScreenshot", {"format": "png"})

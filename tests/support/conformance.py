@@ -31,6 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Run as a script, this file's folder is first on sys.path, where tests/support/redis.py would
+# stand in for the redis package the gateway imports.
+if __name__ == "__main__":
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
+
 from aiohttp import WSMsgType, web
 from kosoku import FailureError, run_fuzzingclient
 

@@ -7,6 +7,7 @@ that :meth:`Gateway.logs` parses.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,11 +17,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Gateway", "free_port", "start_gateway"]
+__all__ = ["Gateway", "children", "free_port", "free_port_pair", "start_gateway"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port ``p`` such that ``p`` and ``p + 1`` are both free on 127.0.0.1."""
+    while True:
+        base = free_port()
+        try:
+            with socket.create_server(("127.0.0.1", base + 1)):
+                return base
+        except OSError:
+            continue
+
+
+def children(parent: int) -> list[int]:
+    tasks = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in tasks]
 
 
 @dataclass
@@ -81,6 +99,19 @@ class Gateway:
                 raise AssertionError(f"no log {event} {fields} in:\n{self.log_text()[-3000:]}")
             time.sleep(0.05)
 
+    async def wait_for_log_async(
+        self, event: str, timeout: float = 5.0, **fields: Any
+    ) -> dict[str, Any]:
+        """:meth:`wait_for_log` for async tests: the event loop keeps running meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.wait_for_log(event, timeout=0, **fields)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Signal the process and wait for it; returns its exit code (kills it if it hangs)."""
         if self.process.poll() is None:
@@ -101,13 +132,18 @@ def start_gateway(
     args: list[str] | None = None,
     ready_timeout: float = 15.0,
     program: list[str] | None = None,
+    entry: list[str] | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> Gateway:
     """Start ``python -m yektaws serve`` on 127.0.0.1 and wait until ``/health`` answers.
 
     ``env`` is laid over the test process's environment, after defaults that keep the run
     hermetic (JSON logs, an embedded store in a temporary directory unless ``DATABASE_URL`` is
     given, no real AI upstream). ``program`` runs another installation instead of this
-    checkout (e.g. ``[".../venv/bin/yektaws"]``), with no ``PYTHONPATH`` pointing here.
+    checkout (e.g. ``[".../venv/bin/yektaws"]``), with no ``PYTHONPATH`` pointing here;
+    ``entry`` replaces the interpreter arguments that run this checkout's CLI (``-m yektaws``),
+    e.g. a launcher that wraps it; ``preexec`` runs in the child before it starts (resource
+    limits).
     """
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="yektaws-gw-"))
@@ -125,7 +161,7 @@ def start_gateway(
     }
     if program is not None:
         full_env.pop("PYTHONPATH")
-    command = [*(program or [sys.executable, "-m", "yektaws"]), "serve"]
+    command = [*(program or [sys.executable, *(entry or ["-m", "yektaws"])]), "serve"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -134,6 +170,7 @@ def start_gateway(
             env=full_env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
         )
     gateway = Gateway(process, port, log_path, full_env)
     deadline = time.monotonic() + ready_timeout

@@ -37,6 +37,13 @@ Decisions a client can rely on:
 
 Each answer writes one log line, ``ai_chat``, with its ``messageId``, model, language, outcome,
 chunk count, time to first chunk and total time. The conversation's text is never logged.
+
+With connection-state recovery on, an answer survives its connection: its events are
+recoverable (they go through the bus to the socket's own room, so they are in the recovery log
+and reach the socket on whichever node it resumes), chunks are batched into one event per
+``AI_CHUNK_INTERVAL`` so that a fast model does not write one log entry per token, and a
+connection lost (not closed on purpose) leaves its answers streaming for ``AI_RESUME_WINDOW``:
+a resume stops that countdown, its end cancels them (``abandoned``, the upstream closed).
 """
 
 from __future__ import annotations
@@ -46,8 +53,9 @@ import contextlib
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
@@ -56,7 +64,11 @@ from yektaws.connection import Connection
 from yektaws.dispatcher import BadRequest, Dispatcher, Reply
 from yektaws.logging import get_logger
 from yektaws.metrics import Metrics
+from yektaws.recovery import STORE_ERRORS, StreamRegistry
 from yektaws.settings import Settings
+
+if TYPE_CHECKING:
+    from yektaws.bus import Bus
 
 __all__ = [
     "HISTORY_TURNS",
@@ -82,6 +94,15 @@ MAX_MESSAGE_ID_CHARS = 64
 #: one for at most ``AI_TIMEOUT`` and then ends as a ``timeout``.
 MAX_UPSTREAM_CONNECTIONS = 100
 
+#: How often, and how many times, the node where a socket resumed checks that the producers of
+#: its answers in progress are alive (a dead one's answers end with ``interrupted``).
+PRODUCER_WATCH_INTERVAL = 2.0
+PRODUCER_WATCH_ROUNDS = 1800
+#: The bus signal that carries an ``ai:cancel`` to the node producing the answer.
+CANCEL_SIGNAL = "ai:cancel"
+#: Seconds a registry write may take before the answer goes on without it.
+REGISTRY_TIMEOUT = 1.0
+
 _MESSAGE_ID = re.compile(rf"[A-Za-z0-9_.:-]{{1,{MAX_MESSAGE_ID_CHARS}}}")
 _HISTORY_ROLES = frozenset({"user", "assistant"})
 
@@ -95,6 +116,7 @@ FailureCode = Literal[
     "ai_disabled",
     "too_many_streams",
     "cancelled",
+    "interrupted",
     "internal_error",
 ]
 
@@ -127,6 +149,10 @@ _ERROR_TEXTS: dict[FailureCode, dict[Language, str]] = {
     "cancelled": {
         "fa": "پاسخ متوقف شد.",
         "en": "The answer was stopped.",
+    },
+    "interrupted": {
+        "fa": "پاسخ به دلیل از دسترس خارج شدن سرور ناتمام ماند. لطفاً دوباره بپرسید.",
+        "en": "The answer was interrupted because a server went down. Please ask again.",
     },
     "internal_error": {
         "fa": "مشکلی پیش آمد. لطفاً دوباره تلاش کنید.",
@@ -220,13 +246,66 @@ class _Answer:
     chunks: int = 0
     #: Set by ``ai:cancel`` before it cancels :attr:`task`.
     cancel_requested: bool = False
+    #: Set when nobody resumed the lost connection in time, before :attr:`task` is cancelled.
+    abandoned: bool = False
+
+
+class _Batcher:
+    """Joins an answer's pieces into one ``ai:response:chunk`` per ``interval`` seconds.
+
+    The first piece goes at once; pieces arriving within ``interval`` of the last send wait for
+    the rest of it (a timer sends them if the model pauses). Sends are serialised, so the chunks
+    keep their order whichever of the stream and the timer sends them.
+    """
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._pending: list[str] = []
+        self._last_sent = -interval
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def add(self, piece: str) -> None:
+        self._pending.append(piece)
+        wait = self._last_sent + self._interval - time.monotonic()
+        if wait <= 0:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().create_task(self._flush_after(wait))
+
+    async def _flush_after(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._timer = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is pending now (before the answer's last event)."""
+        async with self._lock:
+            if not self._pending:
+                return
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._last_sent = time.monotonic()
+            await self._send(text)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _error_data(answer: _Answer, code: FailureCode, *, retryable: bool) -> dict[str, Any]:
     """The ``ai:response:error`` data for ``answer``, its text in the answer's language."""
+    return _failure(answer.message_id, answer.language, code, retryable=retryable)
+
+
+def _failure(
+    message_id: str, language: Language, code: FailureCode, *, retryable: bool
+) -> dict[str, Any]:
     return {
-        "messageId": answer.message_id,
-        "error": _ERROR_TEXTS[code][answer.language],
+        "messageId": message_id,
+        "error": _ERROR_TEXTS[code][language],
         "code": code,
         "retryable": retryable,
     }
@@ -254,6 +333,17 @@ class AIChat:
         #: Connection id -> messageId -> the answer streaming there. Holds only connections with
         #: an answer in progress.
         self._answers: dict[str, dict[str, _Answer]] = {}
+        #: Where answers send their events when recovery is on (set by the application): the
+        #: bus, to the socket's own room, so that they are recoverable. ``None``: straight to
+        #: the connection, and a lost connection ends its answers.
+        self.bus: Bus | None = None
+        self._resume_window = settings.ai_resume_window or settings.recovery_window
+        self._chunk_interval = settings.ai_chunk_interval
+        #: Socket id -> the countdown of its lost connection's answers.
+        self._orphans: dict[str, asyncio.TimerHandle] = {}
+        #: Answers in progress across the cluster (set with :attr:`bus`).
+        self.streams: StreamRegistry | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -284,6 +374,81 @@ class AIChat:
     def register(self, dispatcher: Dispatcher) -> None:
         dispatcher.on("ai:chat", concurrent=True)(self.chat)
         dispatcher.on("ai:cancel")(self.cancel)
+        dispatcher.on_disconnect(self._disconnected)
+
+    # -- answers that outlive their connection ---------------------------------------------------
+
+    def _disconnected(self, conn: Connection, resumable: bool) -> None:
+        """A connection ended: a lost one's answers keep streaming while it may resume."""
+        answers = self._answers.get(conn.id)
+        if not answers or not resumable or self.bus is None or self._resume_window <= 0:
+            return  # its tasks are cancelled next, closing their upstream requests
+        for answer in answers.values():
+            conn.release_task(answer.task)
+        if conn.recovery is not None and conn.recovery.taken_over:
+            return  # it has resumed already (its successor took over): nothing to wait for
+        self._orphans[conn.id] = asyncio.get_running_loop().call_later(
+            self._resume_window, self._abandon, conn.id
+        )
+
+    def resumed(self, socket_id: str, here: bool) -> None:
+        """The socket came back (on any node): its answers stream on to it. Where it came back,
+        answers whose producer died are ended with ``interrupted`` instead of never ending."""
+        timer = self._orphans.pop(socket_id, None)
+        if timer is not None:
+            timer.cancel()
+        if here and self.streams is not None:
+            watcher = asyncio.get_running_loop().create_task(self._watch_producers(socket_id))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch_producers(self, socket_id: str) -> None:
+        assert self.streams is not None
+        for _ in range(PRODUCER_WATCH_ROUNDS):
+            try:
+                orphans, still_open = await self.streams.orphans(socket_id)
+                for message_id, language in orphans.items():
+                    data = _failure(
+                        message_id, language_for(language), "interrupted", retryable=True
+                    )
+                    await self._send_to(socket_id, "ai:response:error", data)
+                    log.info("ai_chat_interrupted", messageId=message_id, socketId=socket_id)
+            except STORE_ERRORS as exc:
+                log.warning("ai_producer_check_failed", error=type(exc).__name__)
+                still_open = 1
+            if not still_open:
+                return
+            await asyncio.sleep(PRODUCER_WATCH_INTERVAL)
+
+    def _abandon(self, socket_id: str) -> None:
+        self._orphans.pop(socket_id, None)
+        for answer in list(self._answers.get(socket_id, {}).values()):
+            answer.abandoned = True
+            answer.task.cancel()
+
+    async def _send(self, conn: Connection, event: str, data: dict[str, Any]) -> None:
+        if self.bus is None:
+            await conn.emit(event, data)
+        else:
+            await self._send_to(conn.id, event, data)
+
+    async def _send_to(self, socket_id: str, event: str, data: dict[str, Any]) -> None:
+        # The socket's own room, through the bus: a recoverable event, wherever the socket is.
+        assert self.bus is not None
+        await self.bus.emit(socket_id, event, data)
+
+    async def _registry(self, opened: bool, conn: Connection, answer: _Answer) -> None:
+        """Tell the cluster's registry that ``answer`` is produced here, or is over."""
+        if self.streams is None:
+            return
+        try:
+            async with asyncio.timeout(REGISTRY_TIMEOUT):
+                if opened:
+                    await self.streams.opened(conn.id, answer.message_id, answer.language)
+                else:
+                    await self.streams.closed(conn.id, answer.message_id)
+        except STORE_ERRORS as exc:
+            log.warning("ai_registry_failed", error=type(exc).__name__)
 
     # -- handlers ---------------------------------------------------------------------------------
 
@@ -308,26 +473,66 @@ class AIChat:
         self._metrics.ai_streams_active.inc()
         outcome = "internal_error"
         try:
+            await self._registry(True, conn, answer)
             outcome = await self._stream(conn, client, request, answer)
         except asyncio.CancelledError:
-            outcome = "cancelled" if answer.cancel_requested else "disconnected"
+            if answer.cancel_requested:
+                outcome = "cancelled"
+            else:
+                outcome = "abandoned" if answer.abandoned else "disconnected"
             raise
         finally:
             self._metrics.ai_streams_active.dec()
             self._forget(conn, answer)
             self._log(conn, answer, outcome)
+            if self.streams is not None:
+                # Shielded: a cancelled answer must still leave the registry.
+                await asyncio.shield(self._registry(False, conn, answer))
 
-    async def cancel(self, conn: Connection, data: Any) -> Reply:
-        """Stop the answer named by ``messageId``; reply with its ``cancelled`` error."""
+    async def cancel(self, conn: Connection, data: Any) -> Reply | None:
+        """Stop the answer named by ``messageId``; its last event is its ``cancelled`` error.
+
+        On a resumed connection the answer may be produced by another node: the cancel goes
+        there through the bus, and that node sends the error event.
+        """
         message_id = parse_cancel(data)
         answer = self._answers.get(conn.id, {}).get(message_id)
         if answer is None:
+            if await self._cancel_elsewhere(conn.id, message_id):
+                return None
             raise BadRequest("messageId is not streaming on this connection")
+        error = await self._stop(answer)
+        if self.bus is None:
+            return Reply("ai:response:error", error)
+        await self._send(conn, "ai:response:error", error)  # recoverable, like the answer
+        return None
+
+    async def _stop(self, answer: _Answer) -> dict[str, Any]:
         answer.cancel_requested = True
         answer.task.cancel()
-        # Let the answer's task unwind first, so that the reply is the last word on it.
+        # Let the answer's task unwind first, so that the error is the last word on it.
         await asyncio.wait({answer.task})
-        return Reply("ai:response:error", _error_data(answer, "cancelled", retryable=False))
+        return _error_data(answer, "cancelled", retryable=False)
+
+    async def _cancel_elsewhere(self, socket_id: str, message_id: str) -> bool:
+        if self.streams is None or self.bus is None:
+            return False
+        try:
+            async with asyncio.timeout(REGISTRY_TIMEOUT):
+                producer = await self.streams.producer(socket_id, message_id)
+        except STORE_ERRORS:
+            return False
+        if producer is None or producer == self.bus.node_id:
+            return False
+        payload = {"socket": socket_id, "messageId": message_id}
+        return await self.bus.signal(CANCEL_SIGNAL, payload)
+
+    async def cancelled_elsewhere(self, payload: dict[str, Any]) -> None:
+        """An ``ai:cancel`` that reached another node, for an answer produced here."""
+        socket_id, message_id = payload["socket"], payload["messageId"]
+        answer = self._answers.get(socket_id, {}).get(message_id)
+        if answer is not None:
+            await self._send_to(socket_id, "ai:response:error", await self._stop(answer))
 
     # -- one answer -------------------------------------------------------------------------------
 
@@ -336,13 +541,18 @@ class AIChat:
     ) -> str:
         """Send the answer's events; return its outcome (``complete`` or a failure code)."""
         message_id = answer.message_id
-        await conn.emit("ai:response:start", {"messageId": message_id})
+        await self._send(conn, "ai:response:start", {"messageId": message_id})
         pieces: list[str] = []
         failure: tuple[FailureCode, bool] | None = None  # (code, retryable)
+
+        async def send_chunk(text: str) -> None:
+            await self._send(conn, "ai:response:chunk", {"messageId": message_id, "chunk": text})
+
+        batcher = _Batcher(send_chunk, self._chunk_interval if self.bus is not None else 0.0)
         try:
             async with contextlib.aclosing(client.stream(request.messages())) as stream:
                 async for piece in stream:
-                    if conn.closed:
+                    if conn.closed and self.bus is None:
                         # Closed, but the transport has not cancelled this task yet: stop now,
                         # which closes the upstream request.
                         return "disconnected"
@@ -350,21 +560,29 @@ class AIChat:
                         answer.first_chunk_after = time.monotonic() - answer.started
                     answer.chunks += 1
                     pieces.append(piece)
-                    await conn.emit("ai:response:chunk", {"messageId": message_id, "chunk": piece})
+                    await batcher.add(piece)
+            await batcher.flush()
         except AIError as exc:
+            await batcher.flush()  # what arrived before the failure is still the user's
             failure = (exc.code, exc.retryable)
         except Exception:
             log.exception("ai_chat_failed", messageId=message_id, socketId=conn.id)
             failure = ("internal_error", True)
+        finally:
+            batcher.cancel()
         # Over, one way or the other: no longer cancellable, so `ai:cancel` can never answer
         # after the last event below.
         self._forget(conn, answer)
         if failure is not None:
             code, retryable = failure
-            await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+            await self._send(
+                conn, "ai:response:error", _error_data(answer, code, retryable=retryable)
+            )
             return code
-        await conn.emit(
-            "ai:response:complete", {"messageId": message_id, "fullResponse": "".join(pieces)}
+        await self._send(
+            conn,
+            "ai:response:complete",
+            {"messageId": message_id, "fullResponse": "".join(pieces)},
         )
         return "complete"
 
@@ -372,7 +590,7 @@ class AIChat:
         self, conn: Connection, answer: _Answer, code: FailureCode, *, retryable: bool
     ) -> None:
         """Answer a request that is not streamed at all: only its error event, and the log."""
-        await conn.emit("ai:response:error", _error_data(answer, code, retryable=retryable))
+        await self._send(conn, "ai:response:error", _error_data(answer, code, retryable=retryable))
         self._log(conn, answer, code)
 
     def _forget(self, conn: Connection, answer: _Answer) -> None:
@@ -382,6 +600,9 @@ class AIChat:
         del answers[answer.message_id]
         if not answers:
             del self._answers[conn.id]
+            timer = self._orphans.pop(conn.id, None)  # nothing left to wait for
+            if timer is not None:
+                timer.cancel()
 
     def _log(self, conn: Connection, answer: _Answer, outcome: str) -> None:
         """The answer's one log line, and its metrics."""

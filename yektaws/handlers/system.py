@@ -47,15 +47,22 @@ timestamp = _Clock()
 
 
 async def connected(conn: Connection) -> Reply:
-    return Reply(
-        "connected",
-        {
-            "message": "Connected to YektaYar server",
-            "socketId": conn.id,
-            "isLoggedIn": conn.is_logged_in,
-            "protocol": conn.protocol,
-        },
-    )
+    data: dict[str, Any] = {
+        "message": "Connected to YektaYar server",
+        "socketId": conn.id,
+        "isLoggedIn": conn.is_logged_in,
+        "protocol": conn.protocol,
+    }
+    link = conn.recovery
+    if link is not None:
+        # A client that asked for recovery learns how to resume (where its transport has no
+        # place of its own for that) and whether this connection resumed an earlier one.
+        if link.handle_in_greeting:
+            data["recovered"] = link.recovered
+            data["recovery"] = {"pid": link.pid, "offset": link.position}
+        elif link.recovered:
+            data["recovered"] = True
+    return Reply("connected", data)
 
 
 async def ping(conn: Connection, data: Any) -> Reply:

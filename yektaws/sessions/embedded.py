@@ -8,6 +8,8 @@ slow disk never stalls the event loop.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,8 @@ from yektaws.settings import Settings
 __all__ = ["EmbeddedStore"]
 
 _NOW = "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+# Less free space than this under the file, and a SQLite failure is reported as a full disk.
+_FULL_DISK_BYTES = 64 * 1024
 
 
 class EmbeddedStore:
@@ -42,8 +46,18 @@ class EmbeddedStore:
             await self._db.execute("PRAGMA journal_mode=WAL")
             await self._db.execute(SQLITE_SESSIONS_TABLE)
             await self._db.commit()
+            # A first read maps the WAL index, which this connection then keeps for good: another
+            # process closing the database (`yektaws sessions create`) leaves the -wal and -shm
+            # files in place instead of removing them as the last user, and lookups go on
+            # working when the disk fills up (re-creating the index needs space).
+            await self._db.execute("SELECT 1 FROM sessions LIMIT 1")
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
+            # Opened but unusable (a full disk refuses the WAL switch): closed here, since no
+            # shutdown follows a start that failed.
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self.close()
+            self._db = None
+            raise StoreUnavailable(f"cannot open {self._path}: {self._explain(exc)}") from exc
 
     async def close(self) -> None:
         if self._db is not None:
@@ -57,7 +71,19 @@ class EmbeddedStore:
         try:
             yield self._db
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise StoreUnavailable(f"sqlite: {self._explain(exc)}") from exc
+
+    def _explain(self, exc: sqlite3.Error) -> str:
+        """SQLite's message, and whether the disk under the file is full: SQLite says "disk I/O
+        error" when it cannot create the WAL index of a full disk, which names no cause."""
+        try:
+            stat = os.statvfs(self._path.resolve().parent)
+        except OSError:
+            return str(exc)
+        free = stat.f_bavail * stat.f_frsize
+        if free >= _FULL_DISK_BYTES:
+            return str(exc)
+        return f"{exc} (disk full: {free} bytes free on the filesystem of {self._path})"
 
     async def lookup(self, token: str) -> Session | None:
         async with self._connection() as db:
@@ -81,8 +107,10 @@ class EmbeddedStore:
             return {row[0] for row in await cursor.fetchall()}
 
     async def ping(self) -> None:
+        # Reads the table, not only the connection: on a full disk SQLite may be unable to read
+        # it (the WAL index cannot be created), and /ready must say so.
         async with self._connection() as db:
-            await db.execute("SELECT 1")
+            await db.execute("SELECT 1 FROM sessions LIMIT 1")
 
     async def touch(self, tokens: list[str]) -> None:
         if not tokens:

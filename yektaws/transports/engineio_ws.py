@@ -14,8 +14,11 @@ and it runs the same session with less:
 
 What does not change: the packets, the upgrade handshake (probe PING/PONG, NOOP to end the poll,
 UPGRADE), ping/pong and ping timeouts (python-engineio's service task still closes silent
-sockets), and every callback python-socketio receives. Dead peers: python-engineio closes a socket
-whose pings go unanswered by sending CLOSE, and :class:`DirectSendQueue` then closes the websocket.
+sockets), and every callback python-socketio receives. Whenever python-engineio closes a session
+(a CLOSE packet, or a ping timeout, whose CLOSE packet python-engineio drops),
+:func:`release_transport` closes the websocket. An upgrade is claimed before its first ``await``:
+a second websocket for the same session is refused (:func:`close_duplicate_websocket`), and
+polling requests can wait for the upgrade to settle (:func:`upgrade_settled`).
 
 It also applies the gateway's limits: the guarded response (unmasked frames fail with 1002),
 compression only when ``WEBSOCKET_COMPRESSION`` is on, and a transport buffer allowed to grow to
@@ -26,9 +29,10 @@ by :class:`~yektaws.transports.socketio.SocketIOConnection`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as engineio_aiohttp
@@ -37,12 +41,26 @@ from yektaws.guards import GuardedWebSocketResponse
 from yektaws.logging import get_logger
 from yektaws.wsframe import binary_frame, text_frame
 
-__all__ = ["DirectSendQueue", "EngineIOWebSocket", "websocket_driver"]
+__all__ = [
+    "DirectSendQueue",
+    "EngineIOWebSocket",
+    "close_duplicate_websocket",
+    "release_transport",
+    "upgrade_settled",
+    "websocket_driver",
+]
 
 log = get_logger(__name__)
 
-# How long closing a websocket may take before its TCP connection is dropped.
+# How long a closing websocket may go without progress (its close frame not moving out, then no
+# answer to it) before its TCP connection is dropped (see GuardedWebSocketResponse.close_within).
 _CLOSE_TIMEOUT = 2.0
+
+# A refused second websocket is closed before it may send anything: no message is accepted.
+_DUPLICATE_MAX_MESSAGE = 125
+
+#: Upgrades in progress: set once each has succeeded or failed (see upgrade_settled).
+_UPGRADES: dict[Any, asyncio.Event] = {}
 
 
 class DirectSendQueue:
@@ -62,6 +80,7 @@ class DirectSendQueue:
         #: Bytes framed but not yet handed to the transport.
         self.pending = 0
         self._close_after_flush = False
+        self._ended = False
 
     def adopt(self, queue: asyncio.Queue[Any]) -> None:
         """Take over what the polling transport had queued, in order, before anything newer."""
@@ -70,12 +89,12 @@ class DirectSendQueue:
 
     async def put(self, pkt: Any) -> None:
         if pkt is not None and self._ws.compress:
-            await _send_through_aiohttp(self._ws, pkt)
+            await _send_through_aiohttp(self._ws, self.transport, pkt)
             return
         self.put_nowait(pkt)
 
     def put_nowait(self, pkt: Any) -> None:
-        if pkt is None or self.transport.is_closing():
+        if pkt is None or self._ended or self.transport.is_closing():
             return  # None: python-engineio's "stop writing" marker
         encoded = pkt.encode()
         frame = (
@@ -90,6 +109,14 @@ class DirectSendQueue:
             # websocket too, or a dead peer's reader would wait forever.
             self._close_after_flush = True
 
+    def close_soon(self) -> None:
+        """Close the websocket once what is queued (a CLOSE packet put this turn too) is out."""
+        if self.transport.is_closing() or self._close_after_flush:
+            return
+        self._close_after_flush = True
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
         data = b"".join(self._frames)
         self._frames.clear()
@@ -97,6 +124,7 @@ class DirectSendQueue:
         if not self.transport.is_closing():
             self.transport.write(data)
         if self._close_after_flush:
+            self._ended = True  # the close frame is the last thing sent
             asyncio.get_running_loop().create_task(
                 self._ws.close_within(_CLOSE_TIMEOUT, self.transport)
             )
@@ -115,7 +143,9 @@ class DirectSendQueue:
         return None
 
 
-async def _send_through_aiohttp(ws: web.WebSocketResponse, pkt: Any) -> None:
+async def _send_through_aiohttp(
+    ws: GuardedWebSocketResponse, transport: asyncio.Transport, pkt: Any
+) -> None:
     encoded = pkt.encode()
     try:
         if isinstance(encoded, bytes):
@@ -125,7 +155,7 @@ async def _send_through_aiohttp(ws: web.WebSocketResponse, pkt: Any) -> None:
     except ConnectionError:
         return
     if pkt.packet_type == eio_packet.CLOSE:
-        asyncio.get_running_loop().create_task(ws.close())
+        asyncio.get_running_loop().create_task(ws.close_within(_CLOSE_TIMEOUT, transport))
 
 
 class EngineIOWebSocket(engineio_aiohttp.WebSocket):
@@ -135,21 +165,35 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
     compress: bool = False
     max_outbound: int = 1 << 20
 
-    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request: web.Request = environ["aiohttp.request"]
+        socket = self.handler.__self__  # the engineio AsyncSocket whose handler this replaces
+        settled: asyncio.Event | None = None
+        if socket.connected:  # an upgrade from polling
+            if socket.upgrading or socket.upgraded:
+                return await close_duplicate_websocket(request, upgraded=socket.upgraded)
+            # Claimed before the first await, so that a rival upgrade for the same session is
+            # refused; python-engineio also holds polling sends while this is set.
+            socket.upgrading = True
+            settled = _UPGRADES[socket] = asyncio.Event()
         ws = GuardedWebSocketResponse(
             max_message_size=self.server.max_http_buffer_size, compress=self.compress
         )
         self._sock = ws
-        transport = request.transport
-        if transport is None:  # the client is already gone
-            return ws
-        await ws.prepare(request)
-        transport.set_write_buffer_limits(high=self.max_outbound)
-        self.environ = environ
-        socket = self.handler.__self__  # the engineio AsyncSocket whose handler this replaces
-        direct = DirectSendQueue(ws, transport)
-        if await self._open(socket, ws, direct):
+        try:
+            transport = request.transport
+            if transport is None:  # the client is already gone
+                return ws
+            await ws.prepare(request)
+            transport.set_write_buffer_limits(high=self.max_outbound)
+            self.environ = environ
+            opened = await self._open(socket, ws, DirectSendQueue(ws, transport))
+        finally:
+            if settled is not None:
+                socket.upgrading = False
+                del _UPGRADES[socket]
+                settled.set()
+        if opened:
             await self._read(socket, ws, transport)
         else:
             await ws.close_within(_CLOSE_TIMEOUT, transport)
@@ -165,20 +209,16 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
             polling_queue, socket.queue = socket.queue, direct
             direct.adopt(polling_queue)
             return True
-        socket.upgrading = True  # python-engineio holds polling sends while this is set
         probe = await _next_packet(ws)
         if probe is None or probe.packet_type != eio_packet.PING or probe.data != "probe":
-            socket.upgrading = False
             return False
         await ws.send_str(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
         await socket.queue.put(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
         upgrade = await _next_packet(ws)
         if upgrade is None or upgrade.packet_type != eio_packet.UPGRADE:
-            socket.upgrading = False
             return False
         polling_queue, socket.queue = socket.queue, direct
         socket.upgraded = True
-        socket.upgrading = False
         direct.adopt(polling_queue)
         return True
 
@@ -192,6 +232,8 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
                 pkt = await _next_packet(ws)
                 if pkt is None:
                     break
+                if socket.closed:
+                    continue  # closing: read on until the client's close frame, answer nothing
                 try:
                     if pkt.packet_type == eio_packet.MESSAGE and on_message is not None:
                         await on_message(socket.sid, pkt.data)
@@ -221,6 +263,46 @@ async def _next_packet(ws: web.WebSocketResponse) -> eio_packet.Packet | None:
         if message.type in (WSMsgType.PING, WSMsgType.PONG):
             continue
         return None
+
+
+def release_transport(socket: Any) -> None:
+    """python-engineio has closed ``socket``: end what its transport still holds open.
+
+    A websocket is closed (python-engineio's ping-timeout close loses its CLOSE packet: its
+    ``send`` re-checks the ping deadline and drops the packet, so without this a dead peer's
+    websocket stayed open). A long-poll that is waiting gets a NOOP, as Node's server ends it;
+    a CLOSE packet queued behind it travels in the same response.
+    """
+    queue = socket.queue
+    if isinstance(queue, DirectSendQueue):
+        queue.close_soon()
+    else:
+        queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+
+
+async def upgrade_settled(socket: Any, timeout: float) -> None:
+    """Wait until the upgrade in progress on ``socket`` (if any) has succeeded or failed, for at
+    most ``timeout`` seconds."""
+    settled = _UPGRADES.get(socket)
+    if settled is None:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await settled.wait()
+
+
+async def close_duplicate_websocket(request: web.Request, *, upgraded: bool) -> web.StreamResponse:
+    """Complete the handshake of a second websocket for one Engine.IO session and close it at
+    once with 1008 and the reason, as Node's engine.io server closes it; the session is left
+    alone."""
+    ws = GuardedWebSocketResponse(max_message_size=_DUPLICATE_MAX_MESSAGE)
+    transport = request.transport
+    if transport is None:  # the client is already gone
+        return ws
+    await ws.prepare(request)
+    reason = "Session already upgraded" if upgraded else "Upgrade already in progress"
+    await ws.close_within(_CLOSE_TIMEOUT, transport, WSCloseCode.POLICY_VIOLATION, reason)
+    return ws
 
 
 def websocket_driver(*, compress: bool, max_outbound: int) -> type[EngineIOWebSocket]:

@@ -36,6 +36,7 @@ from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import Reply
 from yektaws.forwarded import client_view
 from yektaws.guards import GuardedWebSocketResponse
+from yektaws.recovery import ResumeRequest
 from yektaws.wsframe import text_frame
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NativeConnection", "NativeTransport", "decode_frame"]
 
-# How long a close handshake may take before the TCP connection is simply dropped.
+# How long a close may go without progress (its frame not moving out, then no answer to it) before
+# the TCP connection is dropped (see GuardedWebSocketResponse.close_within).
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -69,10 +71,27 @@ def decode_frame(payload: str | bytes) -> tuple[Any, Any, str | int | None]:
     return message.get("event"), message.get("data"), frame_id
 
 
-def encode_frame(event: str, data: Any, frame_id: str | int | None = None) -> bytes:
+def encode_frame(
+    event: str, data: Any, frame_id: str | int | None = None, position: str | None = None
+) -> bytes:
+    """A server frame: ``id`` on a direct reply, ``offset`` on a recoverable event."""
+    if position is not None:
+        return orjson.dumps({"event": event, "data": data, "offset": position})
     if frame_id is None:
         return orjson.dumps({"event": event, "data": data})
     return orjson.dumps({"event": event, "data": data, "id": frame_id})
+
+
+def resume_request(request: web.BaseRequest) -> tuple[bool, ResumeRequest | None]:
+    """``(wants recovery, resume request)`` from a native handshake's query string.
+
+    ``recover=1`` asks for a recoverable connection; ``resume=<pid>&offset=<position>`` resumes
+    one (and implies it). Clients that ask for neither see no recovery fields at all.
+    """
+    query = request.query
+    if "resume" in query or "offset" in query:
+        return True, ResumeRequest.of(query.get("resume"), query.get("offset"))
+    return query.get("recover", "").lower() in {"1", "true", "yes", "on"}, None
 
 
 class NativeConnection(Connection):
@@ -112,8 +131,9 @@ class NativeConnection(Connection):
     def transport(self) -> str:
         return "websocket"
 
-    async def _send_event(self, event: str, data: Any) -> None:
-        await self.send_raw(encode_frame(event, data))
+    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
+        # Only recoverable connections are given positions (a recovery link exists).
+        await self.send_raw(encode_frame(event, data, position=position))
 
     async def reply(self, reply: Reply, frame_id: str | int | None) -> None:
         """Send the direct answer to a frame, carrying the frame's ``id`` when it had one."""
@@ -145,10 +165,16 @@ class NativeConnection(Connection):
             # and is dropped at the next sweep unless it speaks.
             await self._ws.ping()
 
+    async def abandon(self) -> None:
+        self.closed = True
+        self.close_code, self.close_reason = CloseReason.DEAD_PEER.code, "resumed elsewhere"
+        self._transport.abort()
+
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
         if self.closed:
             return
         self.closed = True
+        self.end_reason = reason
         self.close_code, self.close_reason = reason.code, text or reason.text
         if reason is CloseReason.DEAD_PEER:
             self._transport.abort()  # nobody is there to read a close frame
@@ -185,6 +211,7 @@ class NativeTransport:
         credentials = native_credentials(request)
         try:
             gateway.admission.check_origin(request.headers.get("Origin"))
+            gateway.admission.check_descriptors()
             session = await gateway.admission.admit(token=credentials.token, peer=client.address)
         except Rejection as rejection:
             refusal = rejection.refusal
@@ -192,8 +219,22 @@ class NativeTransport:
             headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
             return _refuse(refusal.status, refusal.message, headers)
 
+        recovery = gateway.recovery
+        wants_recovery, resume = resume_request(request)
+        link = None
+        if recovery is not None and wants_recovery:
+            link = await recovery.open(
+                session,
+                protocol=NativeConnection.protocol,
+                request=resume,
+                handle_in_greeting=True,
+                new_socket_id=_new_socket_id,
+            )
+
         transport = request.transport
         if transport is None:  # the client is already gone
+            if recovery is not None:
+                recovery.ended(link, resumable=True, cause="lost")
             return _refuse(400, "Connection closed")
         ws = GuardedWebSocketResponse(
             protocols=(NATIVE_SUBPROTOCOL,) if credentials.via_subprotocol else (),
@@ -207,8 +248,9 @@ class NativeTransport:
             ws,
             transport,
             max_outbound=self._max_outbound,
-            socket_id=uuid.uuid4().hex[:20],
+            socket_id=link.state.socket_id if link is not None else _new_socket_id(),
             session=session,
+            recovery=link,
             peer=client.address,
             events_per_second=self._rate,
             event_burst=self._burst,
@@ -257,11 +299,18 @@ class NativeTransport:
             elif kind is WSMsgType.PONG:
                 conn.pinged = False
             elif kind is WSMsgType.ERROR:
-                # aiohttp has already sent the close frame (1009 for an oversize message).
-                if getattr(ws.exception(), "code", None) == CloseReason.TOO_BIG.code:
+                # aiohttp has already sent the close frame (1009 for an oversize message, 1002
+                # for a protocol violation): the client broke a rule, it has nothing to resume.
+                code = getattr(ws.exception(), "code", None)
+                if code == CloseReason.TOO_BIG.code:
                     conn.close_code, conn.close_reason = CloseReason.TOO_BIG.value
+                    conn.end_reason = CloseReason.TOO_BIG
+                elif code is not None:
+                    conn.left_on_purpose = True
                 return
             else:  # CLOSE, CLOSING, CLOSED
+                if kind is WSMsgType.CLOSE and not conn.closed:
+                    conn.left_on_purpose = True  # the client's close frame: no resume expected
                 return
 
 
@@ -309,6 +358,10 @@ class Heartbeat:
                 await conn.close(CloseReason.DEAD_PEER)
             else:
                 await conn.ping()
+
+
+def _new_socket_id() -> str:
+    return uuid.uuid4().hex[:20]
 
 
 def _refuse(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:

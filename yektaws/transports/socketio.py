@@ -5,16 +5,23 @@ packets, acknowledgements, namespaces). This module configures it and bridges it
 registered for every namespace (``namespaces='*'``) so that clients using ``/api`` as their
 namespace (the YektaYar apps do) are served the same events:
 
-- ``connect`` runs :class:`~yektaws.admission.Admission` and either registers a
-  :class:`SocketIOConnection` or refuses with a CONNECT_ERROR (``{"message", "data"?}``);
+- a namespace CONNECT runs :class:`~yektaws.admission.Admission`, then
+  :class:`~yektaws.recovery.Recovery` (which may resume a saved connection: same ``sid``, its
+  rooms, the events it missed), and either registers a :class:`SocketIOConnection` and answers
+  CONNECT ``{"sid", "pid"?}`` or refuses with a CONNECT_ERROR (``{"message", "data"?}``). This
+  step replaces python-socketio's own (:class:`_Server`), because the socket's id must be chosen
+  before python-socketio names it, and the reply must carry the ``pid`` of Socket.IO's
+  connection state recovery, which python-socketio does not implement;
 - ``*`` (any event) goes to :meth:`Dispatcher.dispatch`; the direct reply is emitted as an event
   *and* returned as the acknowledgement; an event nobody handles is ignored, as Socket.IO does;
 - ``disconnect`` releases the connection.
 
 Where python-engineio's defaults deviate from the Engine.IO specification or from our limits, this
 module closes the gap in front of it (:meth:`SocketIOTransport.handle`): the ``Origin`` check with
-an empty allow-list, 413 for an oversize long-polling body, and an Engine.IO session that never
-joins a namespace (or was refused) being closed after ``SOCKETIO_CONNECT_TIMEOUT``.
+an empty allow-list, the protocol corners of :mod:`yektaws.transports.engineio_guards` (methods,
+oversize bodies, polling after an upgrade, a second websocket, ping deadlines, the handshake's
+``pingInterval``), and an Engine.IO session that never joins a namespace (or was refused) being
+closed after ``SOCKETIO_CONNECT_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import socketio
@@ -36,7 +44,13 @@ from yektaws.connection import CloseReason, Connection
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
 from yektaws.logging import get_logger
-from yektaws.transports.engineio_ws import DirectSendQueue, websocket_driver
+from yektaws.recovery import ResumeRequest
+from yektaws.transports.engineio_guards import EngineIOGuards
+from yektaws.transports.engineio_ws import (
+    DirectSendQueue,
+    release_transport,
+    websocket_driver,
+)
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -129,6 +143,15 @@ class _Packet(sio_packet.Packet):
         return encoded + self._json
 
 
+class _Server(socketio.AsyncServer):
+    """python-socketio's server, with the namespace CONNECT handed to the transport."""
+
+    connect_handler: Callable[[str, str, Any], Awaitable[None]]
+
+    async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
+        await self.connect_handler(eio_sid, namespace or "/", data)
+
+
 class SocketIOConnection(Connection):
     """A :class:`~yektaws.connection.Connection` on one Socket.IO namespace."""
 
@@ -156,7 +179,7 @@ class SocketIOConnection(Connection):
         socket = self._server.eio.sockets.get(self.eio_sid)
         return "websocket" if socket is not None and socket.upgraded else "polling"
 
-    async def _send_event(self, event: str, data: Any) -> None:
+    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
         socket = self._server.eio.sockets.get(self.eio_sid)
         if socket is None or socket.closed:
             return
@@ -165,7 +188,10 @@ class SocketIOConnection(Connection):
             return
         # Encoded here and handed to Engine.IO directly: AsyncServer.emit would look the client up
         # in its rooms and start a task per recipient, for one recipient we already know.
-        encoded = _Packet(sio_packet.EVENT, data=[event, data], namespace=self.namespace).encode()
+        # A recoverable event carries its position as a last argument, where socket.io-client
+        # (4.6+) reads the offset it presents when it reconnects.
+        arguments = [event, data] if position is None else [event, data, position]
+        encoded = _Packet(sio_packet.EVENT, data=arguments, namespace=self.namespace).encode()
         await self._server.eio.send(self.eio_sid, encoded)
 
     @staticmethod
@@ -175,6 +201,11 @@ class SocketIOConnection(Connection):
             return queue.transport.get_write_buffer_size() + queue.pending
         return queue.qsize() * _NOMINAL_PACKET_BYTES
 
+    async def abandon(self) -> None:
+        self.closed = True
+        self.close_reason = "resumed elsewhere"
+        await self._server.eio.disconnect(self.eio_sid)
+
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
         if self.closed:
             return
@@ -182,6 +213,7 @@ class SocketIOConnection(Connection):
         if reason is CloseReason.SESSION_EXPIRED:
             await self.emit("session:expired", {"reason": text})
         self.closed = True
+        self.end_reason = reason
         self.close_reason = text
         if reason in _RECONNECT_ELSEWHERE:
             # Ending the Engine.IO session reads as "transport close" to the client, which
@@ -202,7 +234,6 @@ class SocketIOTransport:
         self._gateway = gateway
         settings = gateway.settings
         origins = gateway.origins
-        self._max_body = settings.max_message_size
         self._trusted = settings.trusted_proxies
         self._connect_timeout = settings.socketio_connect_timeout
         self._max_outbound = settings.max_outbound_buffer
@@ -211,7 +242,10 @@ class SocketIOTransport:
         self._connections: dict[str, SocketIOConnection] = {}
         #: Namespaces joined per Engine.IO session, to find sessions that joined none.
         self._joined: Counter[str] = Counter()
-        self.server = socketio.AsyncServer(
+        self._sid_prefix = sid_prefix
+        #: The id the next Socket.IO socket gets (see _connect); None: a new one.
+        self._reserved_sid: str | None = None
+        self.server = _Server(
             async_mode="aiohttp",
             namespaces="*",
             # Origins are checked in handle() before python-engineio sees the request; the list
@@ -235,13 +269,10 @@ class SocketIOTransport:
         )
         # The driver table is shared by every server of the process: replace it, do not mutate it.
         self.server.eio._async = {**self.server.eio._async, "websocket": driver}
-        if sid_prefix:
-            # Polling affinity under --workers: the proxy sends `sid=w<i>.…` back to worker i.
-            # "." never occurs in python-engineio's own ids (base64url), so no unprefixed id can
-            # be mistaken for a worker's.
-            generate_id = self.server.eio.generate_id
-            self.server.eio.generate_id = lambda: sid_prefix + generate_id()
-        self.server.on("connect", self._on_connect, namespace="*")
+        self._guards = EngineIOGuards(self.server.eio, max_body=settings.max_message_size)
+        self._generate_id = self.server.eio.generate_id
+        self.server.eio.generate_id = self._next_id
+        self.server.connect_handler = self._connect
         self.server.on("disconnect", self._on_disconnect, namespace="*")
         self.server.on("*", self._on_event, namespace="*")
         self._wrap_engineio_handlers()
@@ -252,56 +283,112 @@ class SocketIOTransport:
         """The endpoint for every Socket.IO request (``/socket.io/`` or any path with ``EIO``)."""
         try:
             self._gateway.admission.check_origin(request.headers.get("Origin"))
+            if "sid" not in request.query:  # a new Engine.IO session
+                self._gateway.admission.check_descriptors()
         except Rejection as rejection:
             refusal = rejection.refusal
             peer = client_view(request, self._trusted).address
             self._gateway.rejected(SocketIOConnection.protocol, peer, refusal.reason)
-            return web.Response(status=refusal.status, text=refusal.message)
-        if request.method == "POST" and (request.content_length or 0) > self._max_body:
-            # python-engineio would read nothing and answer nothing; the spec wants 413.
-            return web.Response(status=413, text="Payload too large")
-        return cast(web.StreamResponse, await self.server.handle_request(request))
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            return web.Response(status=refusal.status, text=refusal.message, headers=headers)
+        return await self._guards.handle(request)
 
-    # -- python-socketio callbacks ---------------------------------------------------------------
+    # -- ids ---------------------------------------------------------------------------------------
 
-    async def _on_connect(
-        self, namespace: str, sid: str, environ: dict[str, Any], auth: Any
-    ) -> bool:
+    def _new_id(self) -> str:
+        # Polling affinity under --workers: the proxy sends `sid=w<i>.…` back to worker i. "."
+        # never occurs in python-engineio's own ids (base64url), so no unprefixed id can be
+        # mistaken for a worker's.
+        return self._sid_prefix + str(self._generate_id())
+
+    def _next_id(self) -> str:
+        """python-engineio's id generator, as python-socketio's manager calls it for a socket."""
+        reserved, self._reserved_sid = self._reserved_sid, None
+        return reserved or self._new_id()
+
+    # -- the namespace CONNECT and python-socketio's callbacks ------------------------------------
+
+    async def _connect(self, eio_sid: str, namespace: str, auth: Any) -> None:
+        """Admit (or refuse) a CONNECT to ``namespace``, resuming a saved socket if asked."""
+        server = self.server
+        gateway = self._gateway
+        environ = server.environ.get(eio_sid)
+        if environ is None:  # the Engine.IO session ended meanwhile
+            return
         request: web.Request = environ["aiohttp.request"]
         client = client_view(request, self._trusted)
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, namespace)
         try:
-            session = await self._gateway.admission.admit(
+            session = await gateway.admission.admit(
                 token=socketio_token(auth, request), peer=client.address
             )
         except Rejection as rejection:
             refusal = rejection.refusal
-            self._gateway.rejected(SocketIOConnection.protocol, client.address, refusal.reason)
+            gateway.rejected(SocketIOConnection.protocol, client.address, refusal.reason)
             asyncio.get_running_loop().call_later(
                 _REFUSED_SESSION_GRACE, self._close_if_unjoined, eio_sid
             )
-            if refusal.retryable:
-                raise SocketIORefused(refusal.message, {"retryable": True}) from None
-            raise SocketIORefused(refusal.message) from None
+            error = SocketIORefused(
+                refusal.message, *([{"retryable": True}] if refusal.retryable else [])
+            ).error_args
+            await self._send(eio_sid, sio_packet.CONNECT_ERROR, error, namespace)
+            return
+        link = None
+        options = auth if isinstance(auth, dict) else {}
+        # `auth.recovery: false` opts out (no pid, no offsets: for clients whose handlers take
+        # exactly one argument, such as some python-socketio apps).
+        if gateway.recovery is not None and options.get("recovery") is not False:
+            resume = (
+                ResumeRequest.of(options["pid"], options.get("offset"))
+                if ("pid" in options)
+                else None
+            )
+            link = await gateway.recovery.open(
+                session,
+                protocol=SocketIOConnection.protocol,
+                namespace=namespace,
+                request=resume,
+                handle_in_greeting=False,
+                new_socket_id=self._new_id,
+            )
+        # pre_connect names the socket by calling generate_id before its first await, so the
+        # reserved id cannot be taken by anything else in between.
+        self._reserved_sid = None if link is None else link.state.socket_id
+        sid = await server.manager.pre_connect(eio_sid, namespace)
+        self._reserved_sid = None
+        if sid is None:  # this Engine.IO session is in that namespace already
+            if gateway.recovery is not None:
+                gateway.recovery.ended(link, resumable=False, cause="refused")
+            await self._send(eio_sid, sio_packet.CONNECT_ERROR, "Unable to connect", namespace)
+            return
         conn = SocketIOConnection(
-            self.server,
+            server,
             namespace=namespace,
             eio_sid=eio_sid,
             max_outbound=self._max_outbound,
             socket_id=sid,
             session=session,
+            recovery=link,
             peer=client.address,
             events_per_second=self._rate,
             event_burst=self._burst,
-            metrics=self._gateway.metrics,
+            metrics=gateway.metrics,
         )
         self._connections[sid] = conn
         self._joined[eio_sid] += 1
-        self._gateway.hub.add(conn)
-        # python-socketio sends the CONNECT packet after this callback returns; the welcome
-        # event must follow it, so it is sent from a task that runs after that.
-        conn.start_task(self._gateway.accepted(conn, transport=conn.transport))
-        return True
+        gateway.hub.add(conn)
+        await self._send(
+            eio_sid,
+            sio_packet.CONNECT,
+            {"sid": sid} if link is None else {"sid": sid, "pid": link.pid},
+            namespace,
+        )
+        await server.manager.connect(sid, namespace)
+        await gateway.accepted(conn, transport=conn.transport)
+
+    async def _send(self, eio_sid: str, kind: int, data: Any, namespace: str) -> None:
+        await self.server._send_packet(
+            eio_sid, self.server.packet_class(kind, data=data, namespace=namespace)
+        )
 
     async def _on_event(self, event: str, namespace: str, sid: str, *args: Any) -> Any:
         conn = self._connections.get(sid)
@@ -320,6 +407,12 @@ class SocketIOTransport:
         if conn is None:
             return
         conn.closed = True
+        # A DISCONNECT from the client (or python-socketio's own, for a broken packet) is the
+        # end of it; a lost transport or a ping timeout may be resumed.
+        conn.left_on_purpose = reason in (
+            self.server.reason.CLIENT_DISCONNECT,
+            self.server.reason.SERVER_DISCONNECT,
+        )
         self._joined[conn.eio_sid] -= 1
         if self._joined[conn.eio_sid] <= 0:
             del self._joined[conn.eio_sid]
@@ -354,11 +447,10 @@ class SocketIOTransport:
         async def on_engineio_disconnect(eio_sid: str, reason: Any) -> Any:
             socket = eio.sockets.get(eio_sid)
             result = await socketio_disconnect(eio_sid, reason)
-            if socket is not None and not socket.upgraded:
-                # A client that closes a polling session (or is closed) may have a GET waiting
-                # for packets; python-engineio leaves it hanging until the ping timeout. An
-                # empty payload ends it now.
-                socket.queue.put_nowait(None)
+            if socket is not None:
+                # python-engineio leaves a waiting long-poll hanging until the ping timeout, and
+                # a ping-timed-out websocket open: both are ended now.
+                release_transport(socket)
             return result
 
         eio.on("connect", on_engineio_connect)

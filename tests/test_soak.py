@@ -1,0 +1,35 @@
+"""``scripts/soak`` in its short form, in each mode: two minutes of mixed load must pass.
+
+Slow (``scripts/test --full``). The soak's own checks are the assertions: RSS within 5 % of the
+warm-up's figure, every push delivered once to every client that stayed connected, no traceback
+in the gateway's log, no error seen by a client. Its output is kept in the failure message.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SOAK = Path(__file__).resolve().parent.parent / "scripts" / "soak"
+MINUTES = 2
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(MINUTES * 60 + 240)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_short_soak_passes(workers: int) -> None:
+    run = subprocess.run(
+        [str(SOAK), "--minutes", str(MINUTES), "--workers", str(workers)],
+        capture_output=True,
+        text=True,
+        timeout=MINUTES * 60 + 180,
+        check=False,
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    lines = run.stdout.splitlines()
+    assert "PASS" in lines, output
+    minute_lines = [line for line in lines if line[:4].strip().replace(".", "").isdigit()]
+    assert len(minute_lines) == MINUTES, output
