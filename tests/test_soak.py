@@ -1,8 +1,9 @@
 """``scripts/soak`` in its short form, in each mode: two minutes of mixed load must pass.
 
-Slow (``scripts/test --full``). The soak's own checks are the assertions: RSS within 5 % of the
-warm-up's figure, every push delivered once to every client that stayed connected, no traceback
-in the gateway's log, no error seen by a client. Its output is kept in the failure message.
+Slow (``scripts/test --full``). The soak's own checks are the assertions: every push delivered
+once to every client that stayed connected, no traceback in the gateway's log, no error seen by
+a client (RSS is reported, not judged: two minutes end within the soak's 5-minute warm-up; the
+10-minute figures are in the README). Its output is kept in the failure message.
 """
 
 from __future__ import annotations
@@ -33,3 +34,4 @@ def test_short_soak_passes(workers: int) -> None:
     assert "PASS" in lines, output
     minute_lines = [line for line in lines if line[:4].strip().replace(".", "").isdigit()]
     assert len(minute_lines) == MINUTES, output
+    assert "not judged" in run.stdout, output
