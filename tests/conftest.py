@@ -33,6 +33,15 @@ def postgres_server() -> Iterator[str]:
         cluster.remove()
 
 
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server of the module's own, for tests that stop and start it."""
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.remove()
+
+
 @pytest.fixture(scope="session")
 def database_url(postgres_server: str) -> Iterator[str]:
     """A fresh PostgreSQL database for this run, with the API's ``sessions`` table."""

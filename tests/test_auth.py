@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -150,14 +149,6 @@ async def test_expiry_honoured_whatever_the_database_timezone(database_url: str,
 
 
 # -- a database outage is "retry later", never "invalid token" ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.remove()
 
 
 async def test_outage_gives_503_and_recovers_without_restart(own_postgres: PostgresCluster) -> None:

@@ -251,14 +251,6 @@ STORM_WORKERS = 8
 DATABASE_RECOVERY = 5.0
 
 
-@pytest.fixture(scope="module")
-def own_postgres() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    yield cluster
-    cluster.remove()
-
-
 async def test_postgres_restart_during_handshake_storm(own_postgres: PostgresCluster) -> None:
     with temporary_database(own_postgres.url) as url:
         tokens = [insert_session(url, user_id=n, logged_in=True) for n in range(40)]
