@@ -132,10 +132,16 @@ class NativeApp:
 
     @classmethod
     async def open(cls, http: aiohttp.ClientSession, base: str, token: str) -> NativeApp:
-        ws = await http.ws_connect(f"{base.replace('http', 'ws', 1)}/ws?token={token}")
-        app = cls(ws)
+        """A connected client, its ``connected`` greeting read."""
+        app = cls(await cls._handshake(http, base.replace("http", "ws", 1), token))
         await app.expect("connected")
         return app
+
+    @staticmethod
+    async def _handshake(
+        http: aiohttp.ClientSession, base: str, token: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        return await http.ws_connect(f"{base}/ws?token={token}")
 
     async def _read(self) -> None:
         try:
@@ -166,17 +172,16 @@ class SocketIOApp(NativeApp):
 
     protocol = "socket.io"
 
-    @classmethod
-    async def open(cls, http: aiohttp.ClientSession, base: str, token: str) -> SocketIOApp:
-        url = f"{base.replace('http', 'ws', 1)}/socket.io/?EIO=4&transport=websocket"
-        ws = await http.ws_connect(url)
+    @staticmethod
+    async def _handshake(
+        http: aiohttp.ClientSession, base: str, token: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        ws = await http.ws_connect(f"{base}/socket.io/?EIO=4&transport=websocket")
         opening = await ws.receive_str(timeout=ANSWER_TIMEOUT)
         if not opening.startswith("0{"):
             raise ConnectionError(f"no Engine.IO OPEN: {opening[:80]}")
         await ws.send_str("40" + orjson.dumps({"token": token}).decode())
-        app = cls(ws)
-        await app.expect("connected")
-        return app
+        return ws
 
     async def _read(self) -> None:
         try:
