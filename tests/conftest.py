@@ -6,7 +6,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
+import pytest_asyncio
 
+from fake_model import FakeModel
 from support.browser import Browser
 from support.database import answers, configured_server_url, insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
@@ -31,6 +33,14 @@ def postgres_server() -> Iterator[str]:
         yield cluster.url
     finally:
         cluster.remove()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def fake() -> AsyncIterator[FakeModel]:
+    """The OpenAI-compatible fake model (tests/fake_model.py), on the module's event loop, so a
+    test can look at what it received and when the gateway hung up on it."""
+    async with FakeModel() as model:
+        yield model
 
 
 @pytest.fixture(scope="module")

@@ -36,12 +36,6 @@ AI_TIMEOUT = 1.0
 # -- fixtures -----------------------------------------------------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fake() -> AsyncIterator[FakeModel]:
-    async with FakeModel() as model:
-        yield model
-
-
 @pytest.fixture(scope="module")
 def ai_gateway(fake: FakeModel, database_url: str) -> Iterator[Gateway]:
     process = start_gateway(

@@ -512,12 +512,6 @@ async def test_a_deploy_moves_it_to_another_node_and_loses_nothing(
         assert notices(client.lines) == [1, 2, 3]
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fake() -> AsyncIterator[FakeModel]:
-    async with FakeModel() as model:
-        yield model
-
-
 @pytest.mark.parametrize("where", ["same node", "other node"])
 async def test_an_ai_answer_survives_a_resume_that_takes_over_a_silent_connection(
     where: str,

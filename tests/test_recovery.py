@@ -12,12 +12,11 @@ import asyncio
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from fake_model import FakeModel
 from support.cluster import API_KEY, call_api, start_node
@@ -45,12 +44,6 @@ def single(database_url: str) -> Iterator[Gateway]:
     )
     yield process
     process.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def fake() -> AsyncIterator[FakeModel]:
-    async with FakeModel() as model:
-        yield model
 
 
 @pytest.fixture(scope="module")
