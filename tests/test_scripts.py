@@ -56,7 +56,7 @@ def verdicts(output: str) -> dict[str, tuple[str, str]]:
 def test_status_passes_against_a_healthy_gateway(
     gateway: Gateway, make_token: Callable[..., str]
 ) -> None:
-    result = run_script("status", "--url", gateway.http_url, "--token", make_token(user_id=7))
+    result = run_script("status", "--url", gateway.http_url, f"--token={make_token(user_id=7)}")
     report = verdicts(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert list(report) == list(CHECKS)
@@ -135,7 +135,7 @@ def test_sio_client_is_interactive(gateway: Gateway, make_token: Callable[..., s
     """A reply shows up while the client still waits for the next line."""
     client = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "sio-client"), "--url", gateway.http_url, "--namespace",
-         "/api", "--transport", "polling", "--token", make_token(user_id=3)],
+         "/api", "--transport", "polling", f"--token={make_token(user_id=3)}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
