@@ -14,6 +14,8 @@ from typing import Any
 import aiosqlite
 import pytest
 import socketio
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from engineio.async_drivers.aiohttp import WebSocket
 from engineio.async_socket import AsyncSocket
 
@@ -34,6 +36,14 @@ def _driver() -> Any:
     return WebSocket(_socket()._websocket_handler, _server())
 
 
+def _websocket() -> Any:
+    return web.WebSocketResponse()
+
+
+def _request() -> Any:
+    return make_mocked_request("GET", "/")
+
+
 def _connection() -> Any:
     # Not awaited: the object exists, its thread is never started.
     return aiosqlite.connect(":memory:")
@@ -41,6 +51,8 @@ def _connection() -> Any:
 
 #: How to get an instance of each owner that has instance attributes.
 SAMPLES: dict[str, Callable[[], Any]] = {
+    "aiohttp.web_ws:WebSocketResponse": _websocket,
+    "aiohttp.web_request:BaseRequest": _request,
     "engineio.async_server:AsyncServer": _server,
     "engineio.async_socket:AsyncSocket": _socket,
     "engineio.async_drivers.aiohttp:WebSocket": _driver,

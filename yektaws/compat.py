@@ -55,6 +55,8 @@ def resolve(owner: str) -> Any:
 
 
 _GUARDS = ("yektaws/guards.py",)
+_INLINE = ("yektaws/wsinline.py",)
+_SOCKETIO_INLINE = ("yektaws/transports/socketio.py",)
 _ENGINEIO_WS = ("yektaws/transports/engineio_ws.py",)
 _SOCKETIO = ("yektaws/transports/socketio.py",)
 
@@ -64,9 +66,68 @@ INTERNALS: tuple[Internal, ...] = (
         "aiohttp.web_ws:WebSocketResponse",
         "_post_start",
         _GUARDS,
-        "GuardedWebSocketResponse overrides it: the first moment after the upgrade when the "
-        "request's protocol and reader exist, to put the FrameGuard in front of the reader.",
+        "GuardedWebSocketResponse replaces it (aiohttp's own body, with an InlineQueue for the "
+        "message queue and the FrameGuard in front of the reader before the bytes that came "
+        "with the handshake are fed to it).",
         parameters=("request", "protocol", "writer"),
+    ),
+    *(
+        Internal(
+            "aiohttp.web_ws:WebSocketResponse",
+            name,
+            _GUARDS,
+            "Set by _post_start, which GuardedWebSocketResponse replaces: the replacement sets "
+            "it as aiohttp's own does.",
+        )
+        for name in ("_ws_protocol", "_writer", "_parser", "_reset_heartbeat", "_loop")
+    ),
+    *(
+        Internal(
+            "aiohttp.web_ws:WebSocketResponse",
+            name,
+            _GUARDS,
+            "Read by the replaced _post_start, to build the reader as aiohttp's own does.",
+            instance=True,
+        )
+        for name in ("_max_msg_size", "_compress", "_decode_text", "_heartbeat")
+    ),
+    Internal(
+        "aiohttp.web_ws:WebSocketResponse",
+        "_on_data_received",
+        _GUARDS,
+        "The protocol's data_received callback aiohttp's _post_start passes when a heartbeat "
+        "is set; the replacement passes it the same way.",
+    ),
+    Internal(
+        "aiohttp.web_request:BaseRequest",
+        "_protocol",
+        _GUARDS,
+        "The protocol the message queue pauses and resumes (flow control), as aiohttp's own "
+        "_post_start gives it.",
+        instance=True,
+    ),
+    Internal(
+        "aiohttp.web_protocol:RequestHandler",
+        "set_parser",
+        _GUARDS,
+        "How the replaced _post_start installs the (guarded) reader, and how the bytes that "
+        "came with the handshake reach it.",
+        parameters=("parser", "data_received_cb"),
+    ),
+    Internal(
+        "aiohttp._websocket.reader:WebSocketDataQueue",
+        "feed_data",
+        _INLINE,
+        "InlineQueue overrides it: where the reader hands over each parsed message, which the "
+        "receiver takes or the queue keeps.",
+        parameters=("data", "size"),
+    ),
+    Internal(
+        "aiohttp._websocket.reader:WebSocketDataQueue",
+        "_buffer",
+        _INLINE,
+        "The messages waiting for receive(): while any wait, a new one is queued behind them "
+        "instead of offered to the receiver, so a connection's messages stay in order.",
     ),
     Internal(
         "aiohttp.web_ws:WebSocketResponse",
@@ -112,6 +173,21 @@ INTERNALS: tuple[Internal, ...] = (
         "HANDSHAKE_TIMEOUT: aiohttp has no deadline for request headers (slowloris).",
     ),
     # -- python-engineio ------------------------------------------------------------------------
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "sid_from_eio_sid",
+        _SOCKETIO_INLINE,
+        "The inline event path finds the socket of an Engine.IO session on a namespace.",
+        parameters=("eio_sid", "namespace"),
+    ),
+    Internal(
+        "socketio.async_manager:AsyncManager",
+        "is_connected",
+        _SOCKETIO_INLINE,
+        "The inline event path answers only sockets python-socketio counts as connected (not "
+        "while joining or leaving), as its own _handle_event does.",
+        parameters=("sid", "namespace"),
+    ),
     Internal(
         "engineio.async_server:AsyncServer",
         "_async",

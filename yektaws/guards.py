@@ -28,10 +28,13 @@ import fcntl
 import sys
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_websocket import WebSocketError, WebSocketReader
+
+from yektaws.wsinline import InlineQueue
 
 __all__ = [
     "CLOSE_ANSWER_TIMEOUT",
@@ -235,17 +238,33 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         if not self._close_sent:
             await super().pong(message)
 
+    @property
+    def inline_queue(self) -> InlineQueue:
+        """The message queue (after ``prepare()``), where a transport installs its receiver."""
+        assert isinstance(self._reader, InlineQueue), "prepare() first"
+        return self._reader
+
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: Any) -> None:
-        super()._post_start(request, protocol, writer)
+        # aiohttp's own (3.14), with two differences: the queue is an InlineQueue, and the
+        # FrameGuard is in front of the reader before set_parser() feeds it the bytes that came
+        # with the handshake (wrapping the reader afterwards let those pass unguarded).
+        self._ws_protocol = protocol
+        self._writer = writer
+        self._reset_heartbeat()
         self._handler_task = asyncio.current_task()
-        handler = request.protocol
-        reader = self._reader
-        assert reader is not None  # super()._post_start has just made it
+        assert self._loop is not None
+        queue = self._reader = InlineQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        self._parser = WebSocketReader(
+            queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
+        )
 
         def fail(violation: str) -> None:
-            reader.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))
+            queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))
 
-        handler._payload_parser = FrameGuard(handler._payload_parser, fail)
+        on_data = None if self._heartbeat is None else self._on_data_received
+        # The protocol calls only feed_data() and feed_eof(), which a FrameGuard has.
+        guarded = cast(WebSocketReader, FrameGuard(self._parser, fail))
+        request.protocol.set_parser(guarded, data_received_cb=on_data)
 
 
 async def frame_sent(transport: asyncio.Transport, stall_timeout: float) -> bool:

@@ -1,7 +1,9 @@
 """The everyday events: ``connected``, ``ping``, ``status``, ``echo``, ``info``, ``message``.
 
 Payloads are CONTRACT section 4's, identical on both protocols apart from ``protocol``. Handlers
-see only the protocol-neutral :class:`~yektaws.connection.Connection`.
+see only the protocol-neutral :class:`~yektaws.connection.Connection`. None of the event handlers
+waits for anything, so they are plain functions: the transports run them where the frame was
+parsed (see :mod:`yektaws.dispatcher`).
 """
 
 from __future__ import annotations
@@ -65,11 +67,11 @@ async def connected(conn: Connection) -> Reply:
     return Reply("connected", data)
 
 
-async def ping(conn: Connection, data: Any) -> Reply:
+def ping(conn: Connection, data: Any) -> Reply:
     return Reply("pong", {"timestamp": timestamp()})
 
 
-async def status(conn: Connection, data: Any) -> Reply:
+def status(conn: Connection, data: Any) -> Reply:
     return Reply(
         "status_response",
         {
@@ -91,14 +93,14 @@ async def status(conn: Connection, data: Any) -> Reply:
     )
 
 
-async def echo(conn: Connection, data: Any) -> Reply:
+def echo(conn: Connection, data: Any) -> Reply:
     return Reply("echo_response", {"received": data, "timestamp": timestamp(), "socketId": conn.id})
 
 
 def make_info(features: dict[str, bool]) -> Any:
     """The ``info`` handler, closed over the features this server was started with."""
 
-    async def info(conn: Connection, data: Any) -> Reply:
+    def info(conn: Connection, data: Any) -> Reply:
         return Reply(
             "info_response",
             {
@@ -125,7 +127,7 @@ def make_info(features: dict[str, bool]) -> Any:
     return info
 
 
-async def message(conn: Connection, data: Any) -> Reply:
+def message(conn: Connection, data: Any) -> Reply:
     return Reply(
         "message_received",
         {

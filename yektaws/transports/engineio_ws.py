@@ -7,7 +7,9 @@ is the aiohttp websocket driver python-engineio calls for the transport (``_asyn
 and it runs the same session with less:
 
 - the reader awaits aiohttp's ``receive()`` directly and hands MESSAGE packets straight to
-  python-socketio's message handler (other packet types go through the socket as before);
+  python-socketio's message handler (other packet types go through the socket as before); once
+  upgraded, the common EVENT packets do not even wait for the reader: they are answered where
+  they were parsed (:mod:`yektaws.transports.socketio_inline`);
 - once upgraded, the socket's outgoing queue is replaced by :class:`DirectSendQueue`, which frames
   each packet and writes it at the end of the event-loop turn, several packets in one write: no
   writer task, no queue, no timer.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -40,6 +43,7 @@ from engineio.async_drivers import aiohttp as engineio_aiohttp
 from yektaws.guards import GuardedWebSocketResponse
 from yektaws.logging import get_logger
 from yektaws.wsframe import binary_frame, text_frame
+from yektaws.wsinline import Receiver
 
 __all__ = [
     "DirectSendQueue",
@@ -97,17 +101,25 @@ class DirectSendQueue:
         if pkt is None or self._ended or self.transport.is_closing():
             return  # None: python-engineio's "stop writing" marker
         encoded = pkt.encode()
-        frame = (
-            binary_frame(encoded) if isinstance(encoded, bytes) else text_frame(encoded.encode())
-        )
-        if not self._frames:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._frames.append(frame)
-        self.pending += len(frame)
+        if isinstance(encoded, bytes):
+            self._add(binary_frame(encoded))
+        else:
+            self._add(text_frame(encoded.encode()))
         if pkt.packet_type == eio_packet.CLOSE:
             # python-engineio closed the socket (ping timeout, server disconnect): end the
             # websocket too, or a dead peer's reader would wait forever.
             self._close_after_flush = True
+
+    def put_encoded(self, text: bytes) -> None:
+        """Send an Engine.IO text packet already encoded (UTF-8), as :meth:`put_nowait` would."""
+        if not self._ended and not self.transport.is_closing():
+            self._add(text_frame(text))
+
+    def _add(self, frame: bytes) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+        self.pending += len(frame)
 
     def close_soon(self) -> None:
         """Close the websocket once what is queued (a CLOSE packet put this turn too) is out."""
@@ -164,6 +176,9 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
     #: Set per server by :func:`websocket_driver`.
     compress: bool = False
     max_outbound: int = 1 << 20
+    #: Makes the receiver that answers an upgraded socket's events inline (see
+    #: :mod:`yektaws.transports.socketio_inline`); None: every packet takes the reading task.
+    inline: Callable[[Any, DirectSendQueue], Receiver] | None = None
 
     async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request: web.Request = environ["aiohttp.request"]
@@ -187,14 +202,16 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
             await ws.prepare(request)
             transport.set_write_buffer_limits(high=self.max_outbound)
             self.environ = environ
-            opened = await self._open(socket, ws, DirectSendQueue(ws, transport))
+            direct = DirectSendQueue(ws, transport)
+            opened = await self._open(socket, ws, direct)
         finally:
             if settled is not None:
                 socket.upgrading = False
                 del _UPGRADES[socket]
                 settled.set()
         if opened:
-            await self._read(socket, ws, transport)
+            inline = None if ws.compress or self.inline is None else self.inline(socket, direct)
+            await self._read(socket, ws, transport, inline)
         else:
             await ws.close_within(_CLOSE_TIMEOUT, transport)
         return ws
@@ -223,13 +240,17 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
         return True
 
     async def _read(
-        self, socket: Any, ws: GuardedWebSocketResponse, transport: asyncio.Transport
+        self,
+        socket: Any,
+        ws: GuardedWebSocketResponse,
+        transport: asyncio.Transport,
+        inline: Receiver | None,
     ) -> None:
         server = self.server
         on_message = server.handlers.get("message")
         try:
             while True:
-                pkt = await _next_packet(ws)
+                pkt = await _next_packet(ws, inline)
                 if pkt is None:
                     break
                 if socket.closed:
@@ -251,10 +272,16 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
             await ws.close_within(_CLOSE_TIMEOUT, transport)
 
 
-async def _next_packet(ws: web.WebSocketResponse) -> eio_packet.Packet | None:
-    """The next Engine.IO packet from ``ws``, or None once it is closing or closed."""
+async def _next_packet(
+    ws: GuardedWebSocketResponse, inline: Receiver | None = None
+) -> eio_packet.Packet | None:
+    """The next Engine.IO packet from ``ws`` (that ``inline`` declined), or None once it is
+    closing or closed."""
     while True:
-        message = await ws.receive()
+        if inline is None:
+            message = await ws.receive()
+        else:
+            message = await ws.inline_queue.receive_with(ws, inline)
         if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
             try:
                 return eio_packet.Packet(encoded_packet=message.data)
@@ -305,10 +332,15 @@ async def close_duplicate_websocket(request: web.Request, *, upgraded: bool) -> 
     return ws
 
 
-def websocket_driver(*, compress: bool, max_outbound: int) -> type[EngineIOWebSocket]:
+def websocket_driver(
+    *,
+    compress: bool,
+    max_outbound: int,
+    inline: Callable[[Any, DirectSendQueue], Receiver] | None = None,
+) -> type[EngineIOWebSocket]:
     """The driver class for one server, carrying its settings."""
     return type(
         "EngineIOWebSocket",
         (EngineIOWebSocket,),
-        {"compress": compress, "max_outbound": max_outbound},
+        {"compress": compress, "max_outbound": max_outbound, "inline": inline},
     )

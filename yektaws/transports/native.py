@@ -6,7 +6,9 @@ with a status and a one-line text, so ``wscat`` and browsers show why.
 
 After the upgrade, frames are JSON objects ``{"event", "data", "id"?}`` (CONTRACT section 3):
 decoded once with orjson, handed to the dispatcher, and the reply encoded once and written as a
-text frame. Limits, all from settings:
+text frame. Without compression this all happens in the callback that parsed the frame
+(:mod:`yektaws.wsinline`): the connection's task only wakes for what must wait (a coroutine
+handler, the rate limit's refusal, control frames, the close). Limits, all from settings:
 
 - a message over ``MAX_MESSAGE_SIZE`` closes with 1009, enforced by aiohttp's reader before the
   message is buffered (and after decompression, if compression is on);
@@ -24,16 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http import HttpVersion11
+from aiohttp.http_websocket import WSMessage
 
 from yektaws.admission import Rejection
 from yektaws.auth import NATIVE_SUBPROTOCOL, native_credentials
 from yektaws.connection import CloseReason, Connection
-from yektaws.dispatcher import Reply
+from yektaws.dispatcher import LATER, Dispatcher, Reply
 from yektaws.forwarded import client_view
 from yektaws.guards import GuardedWebSocketResponse
 from yektaws.recovery import ResumeRequest
@@ -53,7 +57,10 @@ class FrameError(ValueError):
     """The frame is not a JSON object with an event."""
 
 
-def decode_frame(payload: str | bytes) -> tuple[Any, Any, str | int | None]:
+Frame = tuple[Any, Any, str | int | None]
+
+
+def decode_frame(payload: str | bytes) -> Frame:
     """``(event, data, id)`` from a frame's payload, or :class:`FrameError`.
 
     ``event`` is returned as found (possibly missing or not a string): telling an unknown event
@@ -69,6 +76,14 @@ def decode_frame(payload: str | bytes) -> tuple[Any, Any, str | int | None]:
     if frame_id is not None and (isinstance(frame_id, bool) or not isinstance(frame_id, str | int)):
         raise FrameError("id must be a string or a number")
     return message.get("event"), message.get("data"), frame_id
+
+
+def _well_formed(payload: str | bytes) -> Frame | None:
+    """:func:`decode_frame`, with ``None`` for a broken frame (answered ``bad_frame``)."""
+    try:
+        return decode_frame(payload)
+    except FrameError:
+        return None
 
 
 def encode_frame(
@@ -137,25 +152,46 @@ class NativeConnection(Connection):
 
     async def reply(self, reply: Reply, frame_id: str | int | None) -> None:
         """Send the direct answer to a frame, carrying the frame's ``id`` when it had one."""
+        if self._ws.compress:
+            if not self.closed:
+                self._metrics.event_out(reply.event)
+                await self.send_raw(encode_frame(reply.event, reply.data, frame_id))
+            return
+        self.reply_now(reply, frame_id)
+
+    def reply_now(self, reply: Reply, frame_id: str | int | None) -> None:
+        """:meth:`reply` on a connection without compression, where nothing waits."""
         if self.closed:
             return
         self._metrics.event_out(reply.event)
-        await self.send_raw(encode_frame(reply.event, reply.data, frame_id))
+        self.write(encode_frame(reply.event, reply.data, frame_id))
 
     async def send_raw(self, payload: bytes) -> None:
         """Write one text message, or close the connection if the client has fallen behind."""
-        transport = self._transport
-        if self.closed or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() + len(payload) > self._max_outbound:
-            await self.close(CloseReason.TOO_SLOW)
-            return
         if self._ws.compress:
+            if not self._has_room(len(payload)):
+                return
             await self._ws.send_frame(payload, WSMsgType.TEXT)  # aiohttp's writer compresses
         else:
-            # Framed here and written straight to the transport: aiohttp's writer costs more
-            # Python per frame than the rest of an echo (see yektaws.wsframe).
-            transport.write(text_frame(payload))
+            self.write(payload)
+
+    def write(self, payload: bytes) -> None:
+        """:meth:`send_raw` without compression: framed here and written straight to the
+        transport (aiohttp's writer costs more Python per frame than the rest of an echo, see
+        :mod:`yektaws.wsframe`)."""
+        if self._has_room(len(payload)):
+            self._transport.write(text_frame(payload))
+
+    def _has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be queued for the client; one that has fallen
+        ``MAX_OUTBOUND_BUFFER`` behind is closed instead (1013)."""
+        transport = self._transport
+        if self.closed or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() + size > self._max_outbound:
+            self._close_now(CloseReason.TOO_SLOW)
+            return False
+        return True
 
     async def ping(self) -> None:
         """Ask a silent peer for a sign of life (the answer sets :attr:`heard`)."""
@@ -171,6 +207,9 @@ class NativeConnection(Connection):
         self._transport.abort()
 
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
+        self._close_now(reason, text)
+
+    def _close_now(self, reason: CloseReason, text: str | None = None) -> None:
         if self.closed:
             return
         self.closed = True
@@ -273,27 +312,31 @@ class NativeTransport:
             gateway.released(conn, code=int(code), reason=conn.close_reason or _close_text(ws))
         return ws
 
-    async def _read_loop(self, conn: NativeConnection, ws: web.WebSocketResponse) -> None:
+    async def _read_loop(self, conn: NativeConnection, ws: GuardedWebSocketResponse) -> None:
         # Reads until aiohttp reports the close, even after the server decided to close: the
         # close frame (1008, 1013, 4001...) is sent by another task, and returning from the
         # handler before it went out would make aiohttp close with 1000 instead.
         dispatcher = self._gateway.dispatcher
+        queue = ws.inline_queue
+        # With compression, replies go through aiohttp's writer, which may wait: no receiver.
+        receiver = None if ws.compress else partial(_take_now, dispatcher, conn)
         while True:
-            message = await ws.receive()
+            if receiver is None:
+                message = await ws.receive()
+            else:
+                message = await queue.receive_with(ws, receiver)
             conn.heard = True
             kind = message.type
             if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
                 if conn.closed:
                     continue  # closing: what the client still sends is not answered
-                try:
-                    event, data, frame_id = decode_frame(message.data)
-                except FrameError:
+                frame = _well_formed(message.data)
+                if frame is None:
                     reply = await dispatcher.refuse_frame(conn)
-                    frame_id = None
                 else:
-                    reply = await dispatcher.dispatch(conn, event, data)
+                    reply = await dispatcher.dispatch(conn, frame[0], frame[1])
                 if reply is not None:
-                    await conn.reply(reply, frame_id)
+                    await conn.reply(reply, frame[2] if frame is not None else None)
             elif kind is WSMsgType.PING:
                 await ws.pong(message.data)
             elif kind is WSMsgType.PONG:
@@ -312,6 +355,28 @@ class NativeTransport:
                 if kind is WSMsgType.CLOSE and not conn.closed:
                     conn.left_on_purpose = True  # the client's close frame: no resume expected
                 return
+
+
+def _take_now(dispatcher: Dispatcher, conn: NativeConnection, message: WSMessage) -> bool:
+    """The connection's :data:`~yektaws.wsinline.Receiver`: answer a data message where it was
+    parsed, or decline it (False) for the read loop: control frames, the close, and events the
+    dispatcher cannot answer without waiting."""
+    kind = message.type
+    if kind is not WSMsgType.TEXT and kind is not WSMsgType.BINARY:
+        return False
+    conn.heard = True
+    if conn.closed:
+        return True  # closing: what the client still sends is not answered
+    frame = _well_formed(message.data)
+    if frame is None:
+        answer = dispatcher.refuse_frame_now(conn)
+    else:
+        answer = dispatcher.dispatch_now(conn, frame[0], frame[1])
+    if answer is LATER:
+        return False
+    if answer is not None:
+        conn.reply_now(answer, frame[2] if frame is not None else None)
+    return True
 
 
 class Heartbeat:

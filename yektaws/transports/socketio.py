@@ -51,6 +51,7 @@ from yektaws.transports.engineio_ws import (
     release_transport,
     websocket_driver,
 )
+from yektaws.transports.socketio_inline import InlineEvents, encode_event
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -194,6 +195,17 @@ class SocketIOConnection(Connection):
         encoded = _Packet(sio_packet.EVENT, data=arguments, namespace=self.namespace).encode()
         await self._server.eio.send(self.eio_sid, encoded)
 
+    def emit_now(self, queue: DirectSendQueue, event: str, data: Any) -> None:
+        """:meth:`emit` on an upgraded websocket whose packets go out through ``queue``: what
+        the inline path sends (:mod:`yektaws.transports.socketio_inline`), without waiting."""
+        if self.closed:
+            return
+        if self._backlog(queue) > self._max_outbound:
+            asyncio.get_running_loop().create_task(self.close(CloseReason.TOO_SLOW))
+            return
+        self._metrics.event_out(event)
+        queue.put_encoded(encode_event(self.namespace, [event, data]))
+
     @staticmethod
     def _backlog(queue: DirectSendQueue | asyncio.Queue[Any]) -> int:
         """Bytes (websocket) or nominal bytes (polling packets) waiting for this client."""
@@ -265,7 +277,9 @@ class SocketIOTransport:
             engineio_logger=_QuietLogger("engineio.server"),
         )
         driver = websocket_driver(
-            compress=settings.websocket_compression, max_outbound=settings.max_outbound_buffer
+            compress=settings.websocket_compression,
+            max_outbound=settings.max_outbound_buffer,
+            inline=InlineEvents(gateway.dispatcher, self._connection_on).receiver,
         )
         # The driver table is shared by every server of the process: replace it, do not mutate it.
         self.server.eio._async = {**self.server.eio._async, "websocket": driver}
@@ -384,6 +398,15 @@ class SocketIOTransport:
         )
         await server.manager.connect(sid, namespace)
         await gateway.accepted(conn, transport=conn.transport)
+
+    def _connection_on(self, eio_sid: str, namespace: str) -> SocketIOConnection | None:
+        """The connection of Engine.IO session ``eio_sid`` on ``namespace``, if python-socketio
+        counts it as connected there (not while it is still joining or leaving)."""
+        manager = self.server.manager
+        sid = manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not manager.is_connected(sid, namespace):
+            return None
+        return self._connections.get(sid)
 
     async def _send(self, eio_sid: str, kind: int, data: Any, namespace: str) -> None:
         await self.server._send_packet(

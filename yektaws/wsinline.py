@@ -1,0 +1,66 @@
+"""Client WebSocket messages taken as they are parsed, without aiohttp's ``receive()``.
+
+aiohttp's reader parses frames in the protocol's ``data_received`` and puts each message in a
+queue; the handler's task, waiting in ``receive()``, is woken through a future and an event-loop
+turn per message. Under a closed-loop echo that wake-up (future, callback, task step, three
+coroutine frames) cost as much as the rest of the message's handling together. An
+:class:`InlineQueue` is that same queue with a *receiver*: while one is installed, a message
+parsed while nothing is waiting in the queue is offered to it first, in the parsing callback, and
+one it takes never enters the queue.
+
+The receiver answers at once or declines: a message it declines (an event whose handler must wait,
+a control frame) is queued as before, and from then on, until the reading task has caught up, every
+later message is queued behind it, so a connection's messages are always handled in order. The
+transports remove the receiver while their task handles a queued message and put it back when the
+task waits again (:meth:`InlineQueue.receive_with`).
+
+Every limit still holds: the frame guard and aiohttp's reader (message size, UTF-8, control frames,
+the close handshake) run before a message exists, and a connection that is closing is never offered
+one (errors and EOF take aiohttp's path: ``set_exception``/``feed_eof`` are untouched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp._websocket.reader import WebSocketDataQueue
+from aiohttp.http_websocket import WSMessage
+
+from yektaws.logging import get_logger
+
+__all__ = ["InlineQueue", "Receiver"]
+
+log = get_logger(__name__)
+
+#: Takes one message (True) or declines it (False: it is queued for the reading task).
+Receiver = Callable[[WSMessage], bool]
+
+
+class InlineQueue(WebSocketDataQueue):
+    """aiohttp's ``WebSocketDataQueue``, offering each message to a :data:`Receiver` first."""
+
+    receiver: Receiver | None = None
+
+    def feed_data(self, data: Any, size: int) -> None:
+        receiver = self.receiver
+        # Not while messages wait in the queue: they are older, and go first.
+        if receiver is not None and not self._buffer:
+            try:
+                if receiver(data):
+                    return
+            except Exception:
+                # A receiver's bug must not break the protocol callback it runs in: the message
+                # then takes the task's path, which answers it (or reports the error) in order.
+                log.exception("inline_receiver_failed")
+        super().feed_data(data, size)
+
+    async def receive_with(self, ws: web.WebSocketResponse, receiver: Receiver) -> Any:
+        """``ws.receive()``, with ``receiver`` taking what arrives meanwhile: the next message it
+        declined (or a close, an error), which the caller handles with the receiver removed."""
+        self.receiver = receiver
+        try:
+            return await ws.receive()
+        finally:
+            self.receiver = None
