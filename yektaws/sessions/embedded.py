@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -116,22 +117,34 @@ class EmbeddedStore:
         if not tokens:
             return
         marks = ",".join("?" * len(tokens))
-        async with self._connection() as db:
-            await db.execute(
-                f"UPDATE sessions SET last_activity_at = {_NOW} WHERE token IN ({marks})", tokens
-            )
-            await db.commit()
+        await self._write(
+            f"UPDATE sessions SET last_activity_at = {_NOW} WHERE token IN ({marks})", tokens
+        )
 
     async def create(self, *, user_id: int | None, logged_in: bool, ttl_seconds: int) -> str:
         token = new_token()
-        async with self._connection() as db:
-            await db.execute(
-                "INSERT INTO sessions (token, user_id, is_logged_in, expires_at) VALUES "
-                "(?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || ? || ' seconds'))",
-                (token, user_id, logged_in, ttl_seconds),
-            )
-            await db.commit()
+        await self._write(
+            "INSERT INTO sessions (token, user_id, is_logged_in, expires_at) VALUES "
+            "(?, ?, ?, strftime('%Y-%m-%d %H:%M:%f', 'now', '+' || ? || ' seconds'))",
+            (token, user_id, logged_in, ttl_seconds),
+        )
         return token
+
+    async def _write(self, sql: str, parameters: Sequence[Any]) -> None:
+        """Run one write and commit it; a write that fails (a full disk) is rolled back.
+
+        Without the rollback, a failed commit left the connection inside its transaction, and
+        every later lookup read that transaction's old snapshot: sessions created by another
+        process after the disk had room again stayed invisible (refused as invalid tokens).
+        """
+        async with self._connection() as db:
+            try:
+                await db.execute(sql, parameters)
+                await db.commit()
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    await db.rollback()
+                raise
 
     async def init_schema(self) -> None:
         async with self._connection() as db:
