@@ -132,6 +132,29 @@ async def test_socketio_refusal(gateway: Gateway, bad_token) -> None:
     assert refusal == {"message": message}
 
 
+async def test_a_storm_of_handshakes_each_gets_its_own_answer(gateway: Gateway, make_token) -> None:
+    # Lookups arriving together share one query (auth._LookupGroups): each handshake must still
+    # get the answer of its own token, the same token twice included.
+    valid = [make_token(user_id=n, logged_in=True) for n in range(30)]
+    expired = [make_token(user_id=100 + n, ttl_seconds=-5) for n in range(10)]
+    unknown = [f"unknown-{n:02d}-" + "x" * 32 for n in range(10)]
+    tokens = valid + expired + unknown + valid[:5]
+
+    async def user_of(token: str) -> int | str:
+        async with aiohttp.ClientSession() as http:
+            try:
+                async with http.ws_connect(f"{gateway.ws_url}/ws?token={token}") as ws:
+                    await ws.receive_json(timeout=10)  # connected
+                    await ws.send_json({"event": "status"})
+                    status = await ws.receive_json(timeout=10)
+                    return int(status["data"]["connection"]["userId"])
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    answers = await asyncio.gather(*(user_of(token) for token in tokens))
+    assert answers == [*range(30), *[401] * 20, *range(5)]
+
+
 # -- expiry is compared in SQL, in the API's time zone ------------------------------------------
 
 

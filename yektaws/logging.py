@@ -67,11 +67,22 @@ def _mask_value(key: str, value: Any) -> Any:
     return value
 
 
+# Fields whose values the gateway makes itself (levels, logger names, its own ids and labels),
+# never from a client's or an operator's text: nothing there to mask. Skipping them saves a third
+# of a line's cost, which every connect and disconnect pays. Not "event": on the standard
+# library's lines it is the message, which may quote a URL.
+_OWN_FIELDS = frozenset(
+    {"level", "timestamp", "logger", "socketId", "protocol", "transport", "userId"}
+)
+
+
 def mask_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: mask tokens and passwords in every field of the event."""
     for key, value in event_dict.items():
+        if key in _OWN_FIELDS:
+            continue
         if type(value) is str:
             # Most fields are ids, addresses and names: one regex search tells them apart.
             if key.lower() in _SECRET_KEYS:

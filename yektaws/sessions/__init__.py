@@ -62,8 +62,9 @@ class SessionStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
-    async def lookup(self, token: str) -> Session | None:
-        """The session for ``token`` if it exists and has not expired, compared in SQL."""
+    async def lookup_many(self, tokens: list[str]) -> dict[str, Session]:
+        """The sessions of those of ``tokens`` that exist and have not expired (compared in
+        SQL), by token, in one query: handshakes arriving together are looked up together."""
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         """Which of ``tokens`` are still valid, in one query (for re-checking open connections)."""

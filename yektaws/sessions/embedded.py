@@ -86,15 +86,18 @@ class EmbeddedStore:
             return str(exc)
         return f"{exc} (disk full: {free} bytes free on the filesystem of {self._path})"
 
-    async def lookup(self, token: str) -> Session | None:
+    async def lookup_many(self, tokens: list[str]) -> dict[str, Session]:
+        if not tokens:
+            return {}
+        marks = ",".join("?" * len(tokens))
         async with self._connection() as db:
             cursor = await db.execute(
-                "SELECT user_id, is_logged_in FROM sessions "
-                f"WHERE token = ? AND expires_at > {_NOW}",
-                (token,),
+                "SELECT token, user_id, is_logged_in FROM sessions "
+                f"WHERE token IN ({marks}) AND expires_at > {_NOW}",
+                tokens,
             )
-            row = await cursor.fetchone()
-        return None if row is None else Session.from_row(token, *row)
+            rows = await cursor.fetchall()
+        return {row[0]: Session.from_row(*row) for row in rows}
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         if not tokens:

@@ -22,8 +22,8 @@ from yektaws.settings import Settings
 __all__ = ["PostgresStore", "describe_url"]
 
 _LOOKUP = (
-    "SELECT user_id, is_logged_in FROM sessions "
-    "WHERE token = %s AND expires_at > (NOW() AT TIME ZONE %s)"
+    "SELECT token, user_id, is_logged_in FROM sessions "
+    "WHERE token = ANY(%s) AND expires_at > (NOW() AT TIME ZONE %s)"
 )
 _VALID_TOKENS = (
     "SELECT token FROM sessions WHERE token = ANY(%s) AND expires_at > (NOW() AT TIME ZONE %s)"
@@ -107,9 +107,9 @@ class PostgresStore:
             # refusing connections (a reused file descriptor).
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}".strip()) from exc
 
-    async def lookup(self, token: str) -> Session | None:
-        row = await self._execute(_LOOKUP, (token, self._zone), "one")
-        return None if row is None else Session.from_row(token, *row)
+    async def lookup_many(self, tokens: list[str]) -> dict[str, Session]:
+        rows = await self._execute(_LOOKUP, (tokens, self._zone), "all")
+        return {row[0]: Session.from_row(*row) for row in rows}
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         rows = await self._execute(_VALID_TOKENS, (tokens, self._zone), "all")
