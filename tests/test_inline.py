@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from socketio import packet as sio_packet
 
 from support.gateway import Gateway
-from support.rawws import OP_TEXT, RawConnection, frame, upgrade_request
+from support.rawws import OP_PING, OP_PONG, OP_TEXT, RawConnection, frame, upgrade_request
 from yektaws.transports.socketio_inline import encode_ack, encode_event, parse_event
 
 ECHOES = 30
@@ -93,6 +93,25 @@ async def test_socketio_event_on_another_namespace_is_answered_there(
         assert orjson.loads(reply[len("42/api,") :])[1]["received"] == "api"
         ack = (await ws.read_frame())[1].decode()
         assert ack.startswith("43/api,2[")
+    finally:
+        await ws.close()
+
+
+async def test_socketio_websocket_ping_is_answered_with_its_payload(
+    gateway: Gateway, make_token
+) -> None:
+    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    try:
+        await ws.read_frame()
+        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % make_token().encode()))
+        await ws.read_frame()  # CONNECT
+        await ws.read_frame()  # connected
+        for n in range(3):
+            await ws.send(frame(OP_PING, b"are you there %d" % n))
+            assert await ws.read_control() == (OP_PONG, b"are you there %d" % n)
+            await ws.send(frame(OP_TEXT, b'42%d["echo",%d]' % (n, n)))
+            assert (await ws.read_frame())[1].startswith(b'42["echo_response"')
+            assert (await ws.read_frame())[1].startswith(b"43%d[" % n)
     finally:
         await ws.close()
 

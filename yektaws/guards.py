@@ -24,6 +24,7 @@ response's ``_writer``, ``_closed``, ``_set_closed``), listed in :mod:`yektaws.c
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import sys
 import termios
@@ -65,6 +66,8 @@ CLOSE_ANSWER_TIMEOUT = 10.0
 # TCP acknowledged it, so the send queue is polled, first soon (it is usually empty at once), then
 # less often for a slow reader.
 _SEND_POLL_FIRST = 0.005
+#: Header deadlines this close together are enforced by the same timer (see _HeaderDeadlines).
+_DEADLINE_SLACK = 0.1
 _SEND_POLL_LONGEST = 0.2
 
 
@@ -312,13 +315,46 @@ def header_deadline_factory(
     protocol_factory: Callable[[], asyncio.Protocol], timeout: float
 ) -> Callable[[], asyncio.Protocol]:
     """Wrap aiohttp's protocol factory so that a connection must send full headers in time."""
+    deadlines = _HeaderDeadlines(timeout)
 
     def factory() -> asyncio.Protocol:
         protocol = protocol_factory()
-        asyncio.get_running_loop().call_later(timeout, _close_if_no_request, protocol)
+        deadlines.add(protocol)
         return protocol
 
     return factory
+
+
+class _HeaderDeadlines:
+    """The header deadlines of new connections, kept by one timer for all of them.
+
+    A timer per connection (``call_later``: a handle, a uvloop timer and a bound callback,
+    ~480 bytes by tracemalloc) lived ``HANDSHAKE_TIMEOUT`` seconds with every new connection,
+    idle WebSockets included. Deadlines are all ``timeout`` after their connection, so they come
+    in order: a deque and one timer, which handles the deadlines of each
+    :data:`_DEADLINE_SLACK` seconds together, cost a tuple per connection.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._pending: collections.deque[tuple[float, Any]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, protocol: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending.append((loop.time() + self._timeout, protocol))
+        if self._timer is None:
+            self._timer = loop.call_at(self._pending[0][0], self._expire)
+
+    def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _close_if_no_request(pending.popleft()[1])
+        self._timer = (
+            loop.call_at(pending[0][0] + _DEADLINE_SLACK, self._expire) if pending else None
+        )
 
 
 def _close_if_no_request(protocol: Any) -> None:

@@ -154,6 +154,13 @@ class RawConnection:
                 if self.answer_pings:
                     await self.send(frame(OP_PONG, payload))
 
+    async def read_control(self, timeout: float = 5.0) -> tuple[int, bytes]:
+        """The next frame from the server, pings included: ``(opcode, payload)``."""
+        async with asyncio.timeout(timeout):
+            first, second = await self.reader.readexactly(2)
+            length = second & 0x7F  # control frames carry at most 125 bytes
+            return first & 0xF, await self.reader.readexactly(length)
+
     async def read_event(self, timeout: float = 5.0) -> dict:
         """The next JSON text frame, parsed."""
         opcode, payload = await self.read_frame(timeout)

@@ -192,7 +192,12 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
             socket.upgrading = True
             settled = _UPGRADES[socket] = asyncio.Event()
         ws = GuardedWebSocketResponse(
-            max_message_size=self.server.max_http_buffer_size, compress=self.compress
+            max_message_size=self.server.max_http_buffer_size,
+            compress=self.compress,
+            # WebSocket pings are answered in _next_packet: with aiohttp's autoping, receive()
+            # answers them itself and waits on for the next message, inside receive(), where the
+            # inline receiver is not installed (see yektaws.wsinline).
+            autoping=False,
         )
         self._sock = ws
         try:
@@ -287,7 +292,10 @@ async def _next_packet(
                 return eio_packet.Packet(encoded_packet=message.data)
             except Exception:
                 continue  # undecodable: ignored, as python-engineio ignores unknown packets
-        if message.type in (WSMsgType.PING, WSMsgType.PONG):
+        if message.type is WSMsgType.PING:
+            await ws.pong(message.data)
+            continue
+        if message.type is WSMsgType.PONG:
             continue
         return None
 
