@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -51,6 +50,7 @@ import orjson
 from support.cluster import API_KEY
 from support.database import configured_server_url, insert_session, temporary_database
 from support.gateway import REPO, Gateway, children, free_port, free_port_pair, start_gateway
+from support.processes import rss_kib
 from support.redis import SHARED_URL, RedisServer, answers
 
 #: Stable clients of each protocol.
@@ -390,7 +390,7 @@ class Soak:
 
     def sample(self, processes: list[int]) -> dict[str, Any]:
         return {
-            "rss": [_rss_kib(pid) / 1024 for pid in processes],
+            "rss": [rss_kib(pid) / 1024 for pid in processes],
             "fds": [len(os.listdir(f"/proc/{pid}/fd")) for pid in processes],
         }
 
@@ -429,13 +429,6 @@ def _read_until_close(sock: socket.socket) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def _loop_lags(http: aiohttp.ClientSession, ports: list[int]) -> list[float]:
