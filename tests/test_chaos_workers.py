@@ -209,7 +209,7 @@ class Fleet:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def fleet_of(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+async def fleet_of() -> AsyncIterator[Callable[..., Any]]:
     started: list[Fleet] = []
 
     async def start(url: str) -> Fleet:
