@@ -1,8 +1,9 @@
 /*
  * Load client for bench/run: one thread, one epoll loop, pinned by the runner to its own CPU.
  *
- *   load mode=echo|handshake|idle proto=native|sio check=as-is|yektaws port=P
+ *   load mode=echo|handshake|idle|hold proto=native|sio check=as-is|yektaws port=P
  *        [path=/ws] [conns=N] [warmup=S] [duration=S] [count=N] [concurrency=N] [tokens=FILE]
+ *        [source=ADDR] [open_seconds=S]
  *
  * It speaks RFC 6455 itself, and Socket.IO 5 / Engine.IO 4 over it, because a Node client spends
  * as much CPU per message as the fastest servers here and would measure itself instead of them.
@@ -14,9 +15,19 @@
  *   handshake  `count` connects with `concurrency` in flight; each counts when the server says the
  *              connection is ready, and is then closed politely.
  *   idle       open `conns` connections, report, hold them until stdin is readable, close them.
+ *   hold       open `conns` connections, report, and keep them as an idle app does: answer the
+ *              server's pings (counted) and its close frames (counted by code), until the server
+ *              has closed them all or stdin ends. Each line on stdin asks for a report
+ *              {"phase":"report","open","pings","pinged"} (`pinged`: connections pinged at least
+ *              once). For tests/test_scale.py: the server's heartbeat and drain at scale.
+ *
+ * `source=ADDR` binds every connection to that local address (e.g. 127.0.0.2): one source
+ * address has only as many ephemeral ports as net.ipv4.ip_local_port_range holds (about 28,000),
+ * so more connections to one server port need several addresses, i.e. several clients.
+ * `open_seconds` is how long opening all `conns` may take (default 60).
  *
  * Progress and results are JSON lines on stdout: {"phase":"measure"} and {"phase":"measured"} when
- * the timed window starts and ends, {"phase":"ready"} when idle connections are all open,
+ * the timed window starts and ends, {"phase":"ready"} when idle or held connections are all open,
  * {"phase":"result",...} last.
  *
  * Every reply is checked. What a right reply is depends on the server, so each row names a check:
@@ -80,6 +91,8 @@ struct conn {
     int datalen;
     char frame[256];
     int framelen;
+    /* Pings received from the server. */
+    long pings;
 };
 
 static struct {
@@ -87,11 +100,13 @@ static struct {
     enum check check;
     const char *mode;
     const char *path;
+    const char *source;
     int port, conns, count, concurrency;
-    double warmup, duration;
+    double warmup, duration, open_seconds;
     char **tokens;
     int ntokens, next_token;
-} opt = {.path = "/ws", .conns = 100, .count = 1000, .concurrency = 50, .warmup = 2, .duration = 10};
+} opt = {.path = "/ws", .conns = 100, .count = 1000, .concurrency = 50, .warmup = 2, .duration = 10,
+       .open_seconds = OPEN_SECONDS};
 
 static int ep;
 static long errors;
@@ -100,6 +115,15 @@ static int ready_count, failed_count, closed_count;
 static int measuring;
 static double *lat;
 static size_t nlat, latcap;
+/* hold mode: a close frame from the server is answered and counted, not a failure. */
+static int answer_closes;
+static long pings_total;
+static int pinged_count;
+#define MAX_CLOSE_CODES 16
+static struct {
+    int code, count;
+} closes[MAX_CLOSE_CODES];
+static int nclose_codes;
 
 static double now(void) {
     struct timespec ts;
@@ -395,6 +419,15 @@ static struct conn *open_conn(int idx) {
         die("socket");
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.source) {
+        /* The port is chosen at connect(), per destination, not at bind() for all of them. */
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in local = {.sin_family = AF_INET};
+        if (inet_pton(AF_INET, opt.source, &local.sin_addr) != 1)
+            die("source= is not an IPv4 address");
+        if (bind(c->fd, (struct sockaddr *)&local, sizeof local) < 0)
+            die("bind");
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(opt.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
@@ -522,6 +555,16 @@ static void after_upgrade(struct conn *c) {
         c->st = OPENING;
 }
 
+static void count_close(int code) {
+    for (int i = 0; i < nclose_codes; i++)
+        if (closes[i].code == code) {
+            closes[i].count++;
+            return;
+        }
+    if (nclose_codes < MAX_CLOSE_CODES)
+        closes[nclose_codes++] = (typeof(closes[0])){code, 1};
+}
+
 /* Consumes whole frames from c->in; returns 0 once the connection is gone. */
 static int parse_frames(struct conn *c) {
     size_t at = 0;
@@ -549,16 +592,22 @@ static int parse_frames(struct conn *c) {
             if (c->st != CLOSING)
                 on_text(c, payload, len);
         } else if (opcode == 8) {
+            int code = len >= 2 ? ((unsigned char)payload[0] << 8) | (unsigned char)payload[1] : 0;
             if (c->st == CLOSING) {
                 drop(c);
+            } else if (answer_closes) {
+                count_close(code);
+                send_frame(c, 8, payload, len >= 2 ? 2 : 0); /* the closing handshake's answer */
+                c->st = CLOSING; /* the server ends the TCP connection next */
             } else {
-                int code = len >= 2 ? ((unsigned char)payload[0] << 8) | (unsigned char)payload[1] : 0;
                 char why[64];
                 snprintf(why, sizeof why, "server closed with %d", code);
                 conn_failed(c, why);
             }
         } else if (opcode == 9) {
             send_frame(c, 10, payload, len);
+            pings_total++;
+            pinged_count += c->pings++ == 0;
         }
     }
     if (c->st == DEAD)
@@ -625,7 +674,12 @@ static void on_event(struct conn *c, uint32_t events) {
         on_readable(c);
 }
 
-/* Runs the event loop until `done()` says so; returns 0 if `deadline` passed first. */
+/* What stdin becoming readable means to the run: 1 ends the loop (the idle mode's signal). */
+static int stdin_ends_run(void) { return 1; }
+static int (*on_stdin)(void) = stdin_ends_run;
+
+/* Runs the event loop until `done()` says so; returns 0 if `deadline` passed first. With
+ * `stdin_ends`, stdin (watched by the caller) is handed to `on_stdin`, which may end it too. */
 static int loop_until(int (*done)(void), double deadline, int stdin_ends) {
     struct epoll_event evs[512];
     while (!done()) {
@@ -637,7 +691,7 @@ static int loop_until(int (*done)(void), double deadline, int stdin_ends) {
             die("epoll_wait");
         for (int i = 0; i < n; i++) {
             if (evs[i].data.ptr == NULL) {
-                if (stdin_ends)
+                if (stdin_ends && on_stdin())
                     return 1;
                 continue;
             }
@@ -704,8 +758,8 @@ static int open_all(void) {
     on_ready = ready_then_open_next;
     on_reply = noop;
     open_next();
-    if (!loop_until(all_settled, now() + OPEN_SECONDS, 0))
-        fail("only %d of %d connections opened in %.0f s", ready_count, nconns, OPEN_SECONDS);
+    if (!loop_until(all_settled, now() + opt.open_seconds, 0))
+        fail("only %d of %d connections opened in %.0f s", ready_count, nconns, opt.open_seconds);
     return errors == 0;
 }
 
@@ -833,6 +887,48 @@ static void run_idle(void) {
     }
 }
 
+static int still_open(void) {
+    int n = 0;
+    for (int i = 0; i < nconns; i++)
+        n += conns[i]->st == READY;
+    return n;
+}
+
+/* hold: a line on stdin asks for a report; its end ends the run. */
+static int hold_command(void) {
+    char buf[256];
+    ssize_t r = read(0, buf, sizeof buf);
+    if (r <= 0)
+        return 1;
+    emit("{\"phase\":\"report\",\"open\":%d,\"pings\":%ld,\"pinged\":%d}\n", still_open(),
+         pings_total, pinged_count);
+    return 0;
+}
+
+static void run_hold(void) {
+    double t0 = now();
+    answer_closes = 1;
+    if (!open_all()) {
+        emit_result("");
+        return;
+    }
+    emit("{\"phase\":\"ready\",\"open\":%d,\"seconds\":%.3f}\n", ready_count, now() - t0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
+    on_stdin = hold_command;
+    loop_until(all_closed, now() + 24 * 3600, 1);
+    int still = still_open();
+    close_all();
+    char fields[1024] = "";
+    int n = snprintf(fields, sizeof fields, "\"open\":%d,\"pings\":%ld,\"pinged\":%d,\"closes\":{",
+                     still, pings_total, pinged_count);
+    for (int i = 0; i < nclose_codes; i++)
+        n += snprintf(fields + n, sizeof fields - n, "%s\"%d\":%d", i ? "," : "", closes[i].code,
+                      closes[i].count);
+    snprintf(fields + n, sizeof fields - n, "},");
+    emit_result(fields);
+}
+
 static void load_tokens(const char *path) {
     FILE *f = fopen(path, "r");
     if (!f)
@@ -879,6 +975,10 @@ int main(int argc, char **argv) {
             opt.duration = atof(v);
         else if (!strcmp(k, "tokens"))
             load_tokens(v);
+        else if (!strcmp(k, "source"))
+            opt.source = v;
+        else if (!strcmp(k, "open_seconds"))
+            opt.open_seconds = atof(v);
         else {
             fprintf(stderr, "unknown option %s\n", k);
             return 2;
@@ -896,6 +996,8 @@ int main(int argc, char **argv) {
         run_handshake();
     else if (!strcmp(opt.mode, "idle"))
         run_idle();
+    else if (!strcmp(opt.mode, "hold"))
+        run_hold();
     else {
         fprintf(stderr, "unknown mode %s\n", opt.mode);
         return 2;

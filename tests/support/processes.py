@@ -1,12 +1,13 @@
-"""Starting and stopping the real servers the tests run (gateway, proxies, Redis), one way."""
+"""Starting, stopping and measuring the real servers the tests run (gateway, proxies, Redis)."""
 
 from __future__ import annotations
 
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["stop_process", "wait_until_serving"]
+__all__ = ["rss_kib", "stop_process", "wait_until_serving"]
 
 
 def wait_until_serving(
@@ -34,3 +35,11 @@ def stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of process ``pid`` (``VmRSS``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")

@@ -9,21 +9,26 @@ aiohttp and the standard library only, all in this process:
 - **pushes** through the server API (``POST /emit`` to that user's room), each with a sequence
   number, :data:`PUSH_RATE` per second: every stable client must get every one exactly once, in
   order;
+- **resuming clients**, native (``recover=1``) and Socket.IO (its ``pid``/``offset``), connected
+  as the same user and cut at every reconnect storm: the TCP connection ends under them without a
+  close frame, and after a moment away (:data:`AWAY_SECONDS`) they resume, landing on whichever
+  process the kernel picks; each resume must be honoured (same ``socketId``) and every push must
+  reach each of them exactly once, in order, across all its connections;
 - **AI streams**: short-lived connections of both protocols asking ``ai:chat`` of the fake model,
   checking start, the chunks and the complete answer;
 - **reconnect storms**: every :data:`STORM_EVERY` seconds, :data:`STORM_SIZE` connections of each
-  protocol opened at once, greeted, closed;
+  protocol opened at once, greeted, closed (and the resuming clients cut meanwhile);
 - **abusive clients**: oversize frames (1009), garbage (``bad_frame``), event floods (1008), an
   unmasked frame over a raw socket (1002), garbage instead of HTTP (400), a broken Socket.IO
   packet (the session ends); each must get its documented outcome.
 
 Every minute one line: the gateway's RSS and open descriptors (per process), event-loop lag (from
-``/metrics``), handshakes, pushes, AI answers, abuses answered, errors. At the end it exits 1 if
-any process's RSS grew by more than :data:`RSS_GROWTH_LIMIT` from the end of the warm-up (the
-first :data:`WARMUP_MINUTES`, over which caches, pools and allocator arenas fill; a run not at
-least a minute longer reports RSS without judging it) to the end, if any stable client missed or
-got twice a push, or if the gateway's log has a traceback; errors seen by clients are reported
-and fail the run too.
+``/metrics``), handshakes, resumes, pushes, AI answers, abuses answered, errors. At the end it
+exits 1 if any process's RSS grew by more than :data:`RSS_GROWTH_LIMIT` from the end of the
+warm-up (the first :data:`WARMUP_MINUTES`, over which caches, pools and allocator arenas fill; a
+run not at least a minute longer reports RSS without judging it) to the end, if any stable or
+resuming client missed or got twice a push, or if the gateway's log has a traceback; errors seen
+by clients (a resume not honoured among them) are reported and fail the run too.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import random
 import re
 import secrets
 import socket
@@ -42,7 +48,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -51,6 +56,7 @@ import orjson
 from support.cluster import API_KEY
 from support.database import configured_server_url, insert_session, temporary_database
 from support.gateway import REPO, Gateway, children, free_port, free_port_pair, start_gateway
+from support.processes import rss_kib
 from support.redis import SHARED_URL, RedisServer, answers
 
 #: Stable clients of each protocol.
@@ -62,10 +68,18 @@ ECHO_INTERVAL = 1.0
 #: AI streams asked at once (each on a connection of its own, protocols alternating).
 AI_STREAMS = 4
 AI_CHUNKS = 5
+#: What the fake model answers with AI_CHUNKS chunks.
+AI_ANSWER = "".join(f"chunk-{n} " for n in range(AI_CHUNKS))
 #: A reconnect storm: this many connections of each protocol, every STORM_EVERY seconds.
 STORM_SIZE = 100
 STORM_EVERY = 60.0
 STORM_CONCURRENCY = 50
+#: Clients of each protocol that ask for recovery and, at every reconnect storm, are cut (their
+#: TCP connection ends under them, no close frame) and resume after a moment away, landing on
+#: any process: their pushes are judged across all their connections.
+RESUMING_CLIENTS = 10
+#: Seconds a cut client stays away (at random between the two).
+AWAY_SECONDS = (0.2, 2.0)
 #: Seconds between two abuses.
 ABUSE_EVERY = 2.0
 #: Largest allowed RSS growth of a process from the end of the warm-up to the end.
@@ -86,6 +100,7 @@ COLUMNS = (
     "fds",
     "loop lag ms",
     "storm handshakes",
+    "resumes",
     "pushes",
     "echoes",
     "AI answers",
@@ -119,6 +134,11 @@ class Tally:
 # -- clients ---------------------------------------------------------------------------------
 
 
+#: What a client presents about recovery: ``None`` (nothing: the protocol's default), ``{}``
+#: (native: ask for it), or ``{"pid": ..., "offset": ...}`` to resume (offset may be absent).
+Recovery = dict[str, str] | None
+
+
 class NativeApp:
     """A native client: JSON frames over aiohttp's websocket."""
 
@@ -128,29 +148,54 @@ class NativeApp:
         self.ws = ws
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.closed = asyncio.get_running_loop().create_future()
+        #: The ``connected`` greeting's data, once read.
+        self.greeting: dict[str, Any] = {}
+        #: The position of the last recoverable event read (where a resume starts from).
+        self.offset: str | None = None
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, base: str, token: str) -> NativeApp:
+    async def open(
+        cls, http: aiohttp.ClientSession, base: str, token: str, recovery: Recovery = None
+    ) -> NativeApp:
         """A connected client, its ``connected`` greeting read."""
-        app = cls(await cls._handshake(http, base.replace("http", "ws", 1), token))
-        await app.expect("connected")
+        app = cls(await cls._handshake(http, base.replace("http", "ws", 1), token, recovery))
+        app.greeting = await app.expect("connected")
         return app
 
     @staticmethod
     async def _handshake(
-        http: aiohttp.ClientSession, base: str, token: str
+        http: aiohttp.ClientSession, base: str, token: str, recovery: Recovery
     ) -> aiohttp.ClientWebSocketResponse:
-        return await http.ws_connect(f"{base}/ws?token={token}")
+        query = f"token={token}"
+        if recovery == {}:
+            query += "&recover=1"
+        elif recovery:
+            query += "".join(f"&{key}={value}" for key, value in recovery.items())
+        return await http.ws_connect(f"{base}/ws?{query}")
+
+    @property
+    def pid(self) -> str:
+        """The handle a resume presents (native: in the greeting)."""
+        return str(self.greeting["recovery"]["pid"])
 
     async def _read(self) -> None:
         try:
             async for message in self.ws:
                 if message.type is aiohttp.WSMsgType.TEXT:
                     frame = orjson.loads(message.data)
+                    self.offset = frame.get("offset", self.offset)
                     self.events.put_nowait((frame.get("event"), frame.get("data")))
         finally:
             self.closed.done() or self.closed.set_result(self.ws.close_code)
+
+    async def cut(self) -> None:
+        """End the connection as a network that vanished does: the TCP connection goes, no
+        close frame (the server keeps the state for a resume); wait until the reader saw it."""
+        sock = self.ws.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        await asyncio.wait_for(self.closed, ANSWER_TIMEOUT)
 
     async def emit(self, event: str, data: Any = None) -> None:
         await self.ws.send_bytes(orjson.dumps({"event": event, "data": data}), compress=None)
@@ -172,16 +217,26 @@ class SocketIOApp(NativeApp):
 
     protocol = "socket.io"
 
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        #: The namespace CONNECT's answer: ``{"sid", "pid"?}``.
+        self.handle: dict[str, Any] = {}
+        super().__init__(ws)
+
     @staticmethod
     async def _handshake(
-        http: aiohttp.ClientSession, base: str, token: str
+        http: aiohttp.ClientSession, base: str, token: str, recovery: Recovery
     ) -> aiohttp.ClientWebSocketResponse:
         ws = await http.ws_connect(f"{base}/socket.io/?EIO=4&transport=websocket")
         opening = await ws.receive_str(timeout=ANSWER_TIMEOUT)
         if not opening.startswith("0{"):
             raise ConnectionError(f"no Engine.IO OPEN: {opening[:80]}")
-        await ws.send_str("40" + orjson.dumps({"token": token}).decode())
+        # Recovery is Socket.IO's own (pid and offset in the CONNECT auth), on unless refused.
+        await ws.send_str("40" + orjson.dumps({"token": token, **(recovery or {})}).decode())
         return ws
+
+    @property
+    def pid(self) -> str:
+        return str(self.handle["pid"])
 
     async def _read(self) -> None:
         try:
@@ -193,7 +248,12 @@ class SocketIOApp(NativeApp):
                     await self.ws.send_str("3")
                 elif packet.startswith("42"):
                     event, *args = orjson.loads(packet[2:])
+                    # A recoverable event's position comes last, after its data.
+                    if len(args) == 2 and isinstance(args[1], str):
+                        self.offset = args[1]
                     self.events.put_nowait((event, args[0] if args else None))
+                elif packet.startswith("40"):
+                    self.handle = orjson.loads(packet[2:])
                 elif packet.startswith("44"):
                     self.events.put_nowait(("connect_error", orjson.loads(packet[2:])))
                 elif packet in ("1", "41"):
@@ -208,6 +268,32 @@ class SocketIOApp(NativeApp):
 APPS: tuple[type[NativeApp], ...] = (NativeApp, SocketIOApp)
 
 
+@dataclass
+class Resuming:
+    """One app that resumes after every cut: its pushes and position, across its connections."""
+
+    kind: type[NativeApp]
+    token: str
+    app: NativeApp
+    socket_id: str
+    pid: str
+    offset: str | None = None
+    pushes: list[int] = field(default_factory=list)
+
+    def collect(self) -> None:
+        """Take what the current connection has read: its pushes, and its position."""
+        while not self.app.events.empty():
+            event, data = self.app.events.get_nowait()
+            if event == "soak:push":
+                self.pushes.append(data["seq"])
+        self.offset = self.app.offset or self.offset
+
+    def resume_with(self) -> dict[str, str]:
+        return {"resume" if self.kind is NativeApp else "pid": self.pid} | (
+            {"offset": self.offset} if self.offset is not None else {}
+        )
+
+
 # -- the load --------------------------------------------------------------------------------
 
 
@@ -218,7 +304,9 @@ class Soak:
         self.tokens = tokens
         self.tally = Tally()
         self.running = True
+        self.stopped = asyncio.Event()
         self.stable: list[NativeApp] = []
+        self.resuming: list[Resuming] = []
         self.received: dict[int, list[int]] = {}
         self.pushed: list[int] = []
         #: Stable clients the server closed during the run: their pushes cannot be judged.
@@ -229,6 +317,11 @@ class Soak:
     def token(self) -> str:
         self._token_turn += 1
         return self.tokens[self._token_turn % len(self.tokens)]
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep, but not past the end of the run."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopped.wait(), seconds)
 
     async def forever(self, name: str, step: Callable[[], Awaitable[None]], pause: float) -> None:
         while self.running:
@@ -278,18 +371,67 @@ class Soak:
                 event, data = app.events.get_nowait()
                 if event == "soak:push":
                     self.received[id(app)].append(data["seq"])
+        for client in self.resuming:
+            client.collect()
+
+    # clients that are cut and resume
+
+    async def connect_resuming(self) -> None:
+        for number in range(RESUMING_CLIENTS * 2):
+            kind, token = APPS[number % 2], self.token()
+            app = await kind.open(self.http, self.gateway.http_url, token, recovery={})
+            self.resuming.append(Resuming(kind, token, app, app.greeting["socketId"], app.pid))
+
+    async def cut_all(self) -> None:
+        before = await self.nodes()
+        jobs = [self.cut_and_resume(client) for client in self.resuming]
+        for outcome in await asyncio.gather(*jobs, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                self.tally.error("resume", outcome)
+        after = await self.nodes()
+        moved = [c for c in self.resuming if before.get(c.socket_id) != after.get(c.socket_id)]
+        self.tally.count("resumes on another process", len(moved))
+
+    async def cut_and_resume(self, client: Resuming) -> None:
+        protocol = client.kind.protocol
+        if client.app.closed.done():  # the server closed it since the last cut
+            self.tally.error(f"resuming {protocol} client closed", client.app.closed.result())
+        else:
+            await client.app.cut()
+        client.collect()
+        await client.app.close()
+        await asyncio.sleep(random.uniform(*AWAY_SECONDS))
+        app = await client.kind.open(
+            self.http, self.gateway.http_url, client.token, client.resume_with()
+        )
+        client.app = app
+        greeting = app.greeting
+        if (greeting.get("recovered"), greeting["socketId"]) != (True, client.socket_id):
+            self.tally.error(f"{protocol} resume not honoured", greeting)
+            client.socket_id, client.pid = greeting["socketId"], app.pid
+        self.tally.count("resumes")
+
+    async def server_api(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON answer of a server API request (an error unless it is 200)."""
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        url = f"http://127.0.0.1:{self.gateway.env['ADMIN_PORT']}{path}"
+        async with self.http.request(method, url, json=body, headers=headers) as response:
+            answer = await response.json(content_type=None)
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {answer}")
+        return answer
 
     async def push(self) -> None:
         seq = len(self.pushed)
         body = {"to": f"user:{USER}", "event": "soak:push", "data": {"seq": seq}}
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        url = f"http://127.0.0.1:{self.gateway.env['ADMIN_PORT']}/emit"
-        async with self.http.post(url, json=body, headers=headers) as response:
-            answer = await response.json(content_type=None)
-        if response.status != 200:
-            raise RuntimeError(f"/emit answered {response.status}: {answer}")
+        await self.server_api("POST", "/emit", body)
         self.pushed.append(seq)
         self.tally.count("pushes")
+
+    async def nodes(self) -> dict[str, str]:
+        """socketId -> the process holding it, for every connection of the soak user."""
+        answer = await self.server_api("GET", f"/users/{USER}/connections")
+        return {conn["socketId"]: conn["node"] for conn in answer["connections"]}
 
     # AI, storms, abuse
 
@@ -313,8 +455,9 @@ class Soak:
                 if event == "ai:response:chunk":
                     chunks.append(data["chunk"])
                 elif event == "ai:response:complete":
-                    assert data["fullResponse"] == "".join(chunks), data
-                    assert len(chunks) == AI_CHUNKS, chunks
+                    # The model's pieces, each once and in order; the gateway may join pieces
+                    # that come close together into one chunk (AI_CHUNK_INTERVAL).
+                    assert data["fullResponse"] == "".join(chunks) == AI_ANSWER, (data, chunks)
                     break
                 elif event == "ai:response:error":
                     raise AssertionError(f"ai error {data}")
@@ -390,7 +533,7 @@ class Soak:
 
     def sample(self, processes: list[int]) -> dict[str, Any]:
         return {
-            "rss": [_rss_kib(pid) / 1024 for pid in processes],
+            "rss": [rss_kib(pid) / 1024 for pid in processes],
             "fds": [len(os.listdir(f"/proc/{pid}/fd")) for pid in processes],
         }
 
@@ -429,13 +572,6 @@ def _read_until_close(sock: socket.socket) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def _loop_lags(http: aiohttp.ClientSession, ports: list[int]) -> list[float]:
@@ -516,18 +652,19 @@ async def _run(
     async with aiohttp.ClientSession(connector=connector) as http:
         load = Soak(gateway, http, tokens)
         await load.connect_stable()
+        await load.connect_resuming()
         tasks = [asyncio.create_task(load.stable_client(app)) for app in load.stable]
         tasks.append(asyncio.create_task(load.forever("push", load.push, 1 / PUSH_RATE)))
         for number in range(AI_STREAMS):
             step = _bound(load.ai_stream, number)
             tasks.append(asyncio.create_task(load.forever("ai stream", step, 0.5)))
         tasks.append(asyncio.create_task(load.forever("abuse", load.abuse, ABUSE_EVERY)))
-        tasks.append(asyncio.create_task(_storms(load)))
+        storms = asyncio.create_task(_storms(load))
 
         print(
             f"soak: {minutes:g} min, {'one process' if workers == 1 else f'{workers} workers'}, "
-            f"{len(load.stable)} stable clients, {PUSH_RATE} pushes/s; RSS baseline at minute "
-            f"{warmup:g}"
+            f"{len(load.stable)} stable clients, {len(load.resuming)} cut and resumed at each "
+            f"storm, {PUSH_RATE} pushes/s; RSS baseline at minute {warmup:g}"
         )
         print(" | ".join(COLUMNS))
         samples: list[dict[str, Any]] = []
@@ -543,12 +680,14 @@ async def _run(
             _print_minute(sample, load.tally)
             next_sample += SAMPLE_EVERY
         load.running = False
+        load.stopped.set()
+        await storms  # a storm under way ends, and its cut clients are back, before the verdict
         await asyncio.sleep(SETTLE)
         await load.drain_pushes()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for app in load.stable:
+        for app in [*load.stable, *(client.app for client in load.resuming)]:
             await app.close()
     return _verdict(load, samples, warmup, gateway)
 
@@ -558,10 +697,11 @@ def _bound(step: Callable[[int], Awaitable[None]], number: int) -> Callable[[], 
 
 
 async def _storms(load: Soak) -> None:
-    await asyncio.sleep(STORM_EVERY / 2)
+    """Every STORM_EVERY: a reconnect storm, and meanwhile every resuming client cut."""
+    await load.pause(STORM_EVERY / 2)
     while load.running:
-        await load.storm()
-        await asyncio.sleep(STORM_EVERY)
+        await asyncio.gather(load.storm(), load.cut_all())
+        await load.pause(STORM_EVERY)
 
 
 async def _wait_for_workers(gateway: Gateway, workers: int) -> None:
@@ -580,6 +720,7 @@ def _print_minute(sample: dict[str, Any], tally: Tally) -> None:
     handshakes = counts.get("storm handshakes", 0)
     print(
         f"{sample['minute']:4.1f} | {rss} | {fds} | {lag} | {handshakes} | "
+        f"{counts.get('resumes', 0)} | "
         f"{counts.get('pushes', 0)} | {counts.get('echoes', 0)} | {counts.get('ai answers', 0)} | "
         f"{counts.get('abuses answered', 0)} | {counts.get('errors', 0)}",
         flush=True,
@@ -604,19 +745,29 @@ def _verdict(load: Soak, samples: list[dict[str, Any]], warmup: float, gateway: 
         if judged and growth > RSS_GROWTH_LIMIT:
             failures.append(f"process {index} RSS grew {growth:+.1%} after the warm-up")
     pushed = load.pushed
-    intact = 0
-    for app in load.stable:
-        if id(app) in load.closed_early:
-            continue  # reported as an error already
-        got = load.received[id(app)]
-        if got == pushed:
-            intact += 1
-            continue
-        counts = collections.Counter(got)
-        lost = len(set(pushed) - set(got))
-        doubled = sum(1 for n in counts.values() if n > 1)
-        failures.append(f"{app.protocol} client: {lost} pushes lost, {doubled} doubled")
-    print(f"pushes: {len(pushed)} sent, delivered intact to {intact}/{len(load.stable)} clients")
+    # A stable client the server closed is reported as an error already, its pushes not judged.
+    stable = [
+        (app.protocol, load.received[id(app)])
+        for app in load.stable
+        if id(app) not in load.closed_early
+    ]
+    resuming = [(f"resuming {c.kind.protocol}", c.pushes) for c in load.resuming]
+    intact = {}
+    for group, clients in (("stable", stable), ("resuming", resuming)):
+        intact[group] = 0
+        for name, got in clients:
+            if got == pushed:
+                intact[group] += 1
+                continue
+            counts = collections.Counter(got)
+            lost = len(set(pushed) - set(got))
+            doubled = sum(1 for n in counts.values() if n > 1)
+            failures.append(f"{name} client: {lost} pushes lost, {doubled} doubled")
+    print(
+        f"pushes: {len(pushed)} sent, delivered intact to {intact['stable']}/{len(load.stable)} "
+        f"clients that stayed connected and to {intact['resuming']}/{len(load.resuming)} that "
+        f"were cut and resumed {load.tally.total['resumes']} times"
+    )
     tracebacks = gateway.log_text().count("Traceback")
     if tracebacks:
         failures.append(f"{tracebacks} tracebacks in the gateway log")
