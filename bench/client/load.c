@@ -443,7 +443,9 @@ static void send_upgrade(struct conn *c) {
     if (opt.proto == SIO)
         snprintf(target, sizeof target, "/socket.io/?EIO=4&transport=websocket");
     else if (c->token)
-        snprintf(target, sizeof target, "%s?token=%s", opt.path, c->token);
+        /* path may carry a query of its own (path=/ws?recover=1): the token joins it. */
+        snprintf(target, sizeof target, "%s%ctoken=%s", opt.path,
+                 strchr(opt.path, '?') ? '&' : '?', c->token);
     else
         snprintf(target, sizeof target, "%s", opt.path);
     int n = snprintf(req, sizeof req,

@@ -110,10 +110,21 @@ class DirectSendQueue:
             # websocket too, or a dead peer's reader would wait forever.
             self._close_after_flush = True
 
-    def put_encoded(self, text: bytes) -> None:
-        """Send an Engine.IO text packet already encoded (UTF-8), as :meth:`put_nowait` would."""
-        if not self._ended and not self.transport.is_closing():
-            self._add(text_frame(text))
+    def send_now(self, texts: list[bytes]) -> None:
+        """Send Engine.IO text packets already encoded (UTF-8) in one write, now.
+
+        The inline event path's answer (an event and its ack) leaves at once rather than at the
+        end of the event-loop turn: under load a turn reads hundreds of connections, and a
+        reply held for the turn's end waited behind all of them (p99). Behind packets already
+        waiting for that end, they wait too, to keep the order.
+        """
+        if self._ended or self.transport.is_closing() or not texts:
+            return
+        if self._frames:
+            for text in texts:
+                self._add(text_frame(text))
+        else:
+            self.transport.write(b"".join([text_frame(text) for text in texts]))
 
     def _add(self, frame: bytes) -> None:
         if not self._frames:

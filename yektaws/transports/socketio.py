@@ -195,16 +195,17 @@ class SocketIOConnection(Connection):
         encoded = _Packet(sio_packet.EVENT, data=arguments, namespace=self.namespace).encode()
         await self._server.eio.send(self.eio_sid, encoded)
 
-    def emit_now(self, queue: DirectSendQueue, event: str, data: Any) -> None:
-        """:meth:`emit` on an upgraded websocket whose packets go out through ``queue``: what
-        the inline path sends (:mod:`yektaws.transports.socketio_inline`), without waiting."""
+    def event_now(self, queue: DirectSendQueue, event: str, data: Any) -> bytes | None:
+        """:meth:`emit` on an upgraded websocket whose packets go out through ``queue``, for the
+        inline path (:mod:`yektaws.transports.socketio_inline`), which sends it: the encoded
+        packet, or None when nothing is to be sent (closed, or too far behind: closed now)."""
         if self.closed:
-            return
+            return None
         if self._backlog(queue) > self._max_outbound:
             asyncio.get_running_loop().create_task(self.close(CloseReason.TOO_SLOW))
-            return
+            return None
         self._metrics.event_out(event)
-        queue.put_encoded(encode_event(self.namespace, [event, data]))
+        return encode_event(self.namespace, [event, data])
 
     @staticmethod
     def _backlog(queue: DirectSendQueue | asyncio.Queue[Any]) -> int:

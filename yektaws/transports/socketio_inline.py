@@ -13,7 +13,7 @@ packet shape, an Engine.IO MESSAGE carrying a Socket.IO EVENT::
 :class:`~yektaws.wsinline.InlineQueue` receiver), asks :meth:`Dispatcher.dispatch_now
 <yektaws.dispatcher.Dispatcher.dispatch_now>` for the answer, and writes the reply event and the
 acknowledgement (``43[/namespace,]<id>[data]``) to the socket's
-:class:`~yektaws.transports.engineio_ws.DirectSendQueue`, which sends both in one write.
+:class:`~yektaws.transports.engineio_ws.DirectSendQueue`, which sends both in one write, at once.
 
 Whatever it does not recognise, it declines, and python-socketio handles that packet as it always
 did: other packet types (BINARY_EVENT, DISCONNECT, a second CONNECT), a namespace the socket has
@@ -119,13 +119,17 @@ class InlineEvents:
         answer = self._dispatcher.dispatch_now(conn, event, data)
         if answer is LATER:
             return False
+        packets: list[bytes] = []
         if answer is None:
             acknowledged: list[Any] = []
         elif answer.error_code is ErrorCode.UNKNOWN_EVENT:
             return True  # Socket.IO ignores an event nobody handles: no reply, no ack
         else:
-            conn.emit_now(queue, answer.event, answer.data)
+            event_packet = conn.event_now(queue, answer.event, answer.data)
+            if event_packet is not None:
+                packets.append(event_packet)
             acknowledged = [answer.data]
         if ack_id is not None:
-            queue.put_encoded(encode_ack(namespace, ack_id, acknowledged))
+            packets.append(encode_ack(namespace, ack_id, acknowledged))
+        queue.send_now(packets)
         return True
