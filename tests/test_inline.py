@@ -23,6 +23,17 @@ ECHOES = 30
 NOT_STREAMING = "messageId is not streaming on this connection"
 
 
+async def socketio_websocket(gateway: Gateway, token: str, namespace: str = "") -> RawConnection:
+    """A raw Socket.IO websocket joined to ``namespace`` ("" for the root), greeting read."""
+    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    prefix = namespace.encode() + b"," if namespace else b""
+    assert (await ws.read_frame())[1].startswith(b"0{")
+    await ws.send(frame(OP_TEXT, b'40%s{"token":"%s"}' % (prefix, token.encode())))
+    assert (await ws.read_frame())[1].startswith(b'40%s{"sid"' % prefix)
+    assert (await ws.read_frame())[1].startswith(b'42%s["connected"' % prefix)
+    return ws
+
+
 async def test_native_replies_keep_request_order_around_a_waiting_handler(
     gateway: Gateway, make_token
 ) -> None:
@@ -46,12 +57,8 @@ async def test_native_replies_keep_request_order_around_a_waiting_handler(
 async def test_socketio_acks_keep_request_order_around_a_waiting_handler(
     gateway: Gateway, make_token
 ) -> None:
-    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    ws = await socketio_websocket(gateway, make_token())
     try:
-        assert (await ws.read_frame())[1].startswith(b"0{")
-        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % make_token().encode()))
-        assert (await ws.read_frame())[1].startswith(b'40{"sid"')
-        assert (await ws.read_frame())[1].startswith(b'42["connected"')
         burst = [b'420["ai:cancel",{"messageId":"m"}]']
         burst += [b'42%d["echo",%d]' % (n, n) for n in range(1, ECHOES)]
         await ws.send(b"".join(frame(OP_TEXT, payload) for payload in burst))
@@ -78,12 +85,8 @@ async def test_socketio_acks_keep_request_order_around_a_waiting_handler(
 async def test_socketio_event_on_another_namespace_is_answered_there(
     gateway: Gateway, make_token
 ) -> None:
-    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    ws = await socketio_websocket(gateway, make_token(), "/api")
     try:
-        await ws.read_frame()
-        await ws.send(frame(OP_TEXT, b'40/api,{"token":"%s"}' % make_token().encode()))
-        assert (await ws.read_frame())[1].startswith(b'40/api,{"sid"')
-        assert (await ws.read_frame())[1].startswith(b'42/api,["connected"')
         # The root namespace was never joined: python-socketio's path ignores the event there.
         await ws.send(
             frame(OP_TEXT, b'421["echo","root"]') + frame(OP_TEXT, b'42/api,2["echo","api"]')
@@ -100,12 +103,8 @@ async def test_socketio_event_on_another_namespace_is_answered_there(
 async def test_socketio_websocket_ping_is_answered_with_its_payload(
     gateway: Gateway, make_token
 ) -> None:
-    ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+    ws = await socketio_websocket(gateway, make_token())
     try:
-        await ws.read_frame()
-        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % make_token().encode()))
-        await ws.read_frame()  # CONNECT
-        await ws.read_frame()  # connected
         for n in range(3):
             await ws.send(frame(OP_PING, b"are you there %d" % n))
             assert await ws.read_control() == (OP_PONG, b"are you there %d" % n)
