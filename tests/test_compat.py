@@ -7,14 +7,18 @@ in a gateway under load. ``scripts/test --latest`` runs this against the newest 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 import pytest
 import socketio
 from aiohttp import web
+from aiohttp._websocket.writer import WebSocketWriter
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_writer import StreamWriter
 from aiohttp.test_utils import make_mocked_request
 from engineio.async_drivers.aiohttp import WebSocket
 from engineio.async_socket import AsyncSocket
@@ -49,8 +53,26 @@ def _connection() -> Any:
     return aiosqlite.connect(":memory:")
 
 
+def _protocol() -> BaseProtocol:
+    # The writers only keep the loop and the protocol: a closed loop will do.
+    loop = asyncio.new_event_loop()
+    loop.close()
+    return BaseProtocol(loop)
+
+
+def _websocket_writer() -> Any:
+    return WebSocketWriter(_protocol(), cast(asyncio.Transport, None))
+
+
+def _stream_writer() -> Any:
+    protocol = _protocol()
+    return StreamWriter(protocol, protocol._loop)
+
+
 #: How to get an instance of each owner that has instance attributes.
 SAMPLES: dict[str, Callable[[], Any]] = {
+    "aiohttp._websocket.writer:WebSocketWriter": _websocket_writer,
+    "aiohttp.http_writer:StreamWriter": _stream_writer,
     "aiohttp.web_ws:WebSocketResponse": _websocket,
     "aiohttp.web_request:BaseRequest": _request,
     "engineio.async_server:AsyncServer": _server,

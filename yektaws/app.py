@@ -50,6 +50,9 @@ AI_CHAT_KEY = web.AppKey("ai_chat", AIChat)
 RECHECK_KEY = web.AppKey("recheck", SessionRechecker)
 RECOVERY_KEY = web.AppKey("recovery", Recovery)
 SAMPLER_KEY = web.AppKey("sampler", Sampler)
+# At shutdown, how long the closing handshakes of the last connections are waited for (aiohttp's
+# own shutdown_timeout in yektaws.server is the same).
+_SHUTDOWN_SETTLE = 5.0
 
 
 def create_app(
@@ -145,6 +148,9 @@ async def _close_connections(app: web.Application) -> None:
     gateway = app[GATEWAY_KEY]
     gateway.draining = True
     await gateway.close_all(CloseReason.GOING_AWAY)
+    # Native sockets are detached from aiohttp (yektaws.wsdetach): its shutdown does not wait
+    # for their closing handshakes, so this does.
+    await gateway.wait_released(_SHUTDOWN_SETTLE)
 
 
 async def _stop(app: web.Application) -> None:

@@ -356,9 +356,7 @@ class RedisBus(Bus):
         )
         #: The recovery log (``None`` with recovery off): emits are appended and published in one.
         self.log: RedisLog | None = (
-            RedisLog(
-                self._redis, prefix, max_events=recovery_max_events, window=recovery_window
-            )
+            RedisLog(self._redis, prefix, max_events=recovery_max_events, window=recovery_window)
             if recovery_window > 0
             else None
         )

@@ -56,6 +56,7 @@ def resolve(owner: str) -> Any:
 
 _GUARDS = ("yektaws/guards.py",)
 _INLINE = ("yektaws/wsinline.py",)
+_DETACH = ("yektaws/wsdetach.py",)
 _SOCKETIO_INLINE = ("yektaws/transports/socketio.py",)
 _ENGINEIO_WS = ("yektaws/transports/engineio_ws.py",)
 _SOCKETIO = ("yektaws/transports/socketio.py",)
@@ -171,6 +172,51 @@ INTERNALS: tuple[Internal, ...] = (
         _GUARDS,
         "header_deadline_factory closes a connection still at 0 requests after "
         "HANDSHAKE_TIMEOUT: aiohttp has no deadline for request headers (slowloris).",
+    ),
+    Internal(
+        "aiohttp.web_ws:WebSocketResponse",
+        "_close_transport",
+        _GUARDS,
+        "How aiohttp closes the socket after a close or an error, through the request; "
+        "GuardedWebSocketResponse overrides it for a detached socket, which has no request.",
+    ),
+    *(
+        Internal(
+            "aiohttp.web_ws:WebSocketResponse",
+            name,
+            _DETACH,
+            "detach() points the response at the detached protocol: its end counts as sent "
+            "(aiohttp's end of the request writes no close frame), its request is dropped (the "
+            "handler, headers and URL are freed), its payload writer drains on the new protocol.",
+        )
+        for name in ("_eof_sent", "_req", "_payload_writer")
+    ),
+    Internal(
+        "aiohttp._websocket.writer:WebSocketWriter",
+        "protocol",
+        _DETACH,
+        "The protocol whose write flow control (_paused, _drain_helper) the writer waits on; "
+        "detach() points it at the detached protocol, which the transport now pauses.",
+        instance=True,
+    ),
+    Internal(
+        "aiohttp.http_writer:StreamWriter",
+        "_protocol",
+        _DETACH,
+        "The same for the response's payload writer, whose drain() the close waits on.",
+        instance=True,
+    ),
+    *(
+        Internal(
+            "aiohttp.web_protocol:RequestHandler",
+            name,
+            _DETACH,
+            "detach() retires the handler of a detached socket: no transport (its end closes "
+            "none), no parsers (the HTTP parser points back at it: a cycle the garbage "
+            "collector would free late), out of the server's list of connections (_manager), "
+            "and its write-paused state (_paused) carried to the new protocol.",
+        )
+        for name in ("_parser", "_payload_parser", "_manager", "_paused")
     ),
     # -- python-engineio ------------------------------------------------------------------------
     Internal(

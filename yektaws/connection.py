@@ -111,7 +111,8 @@ class Connection(ABC):
         #: The tie to a saved state, on a recoverable connection (see :mod:`yektaws.recovery`).
         self.recovery = recovery
         self._metrics = metrics
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Made by the first start_task(): most connections never start one (a set is 216 bytes).
+        self._tasks: set[asyncio.Task[Any]] | None = None
 
     # -- who ---------------------------------------------------------------------------------
 
@@ -205,21 +206,24 @@ class Connection(ABC):
     def start_task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` alongside the connection; it is cancelled when the connection ends."""
         task = asyncio.get_running_loop().create_task(coro)
+        if self._tasks is None:
+            self._tasks = set()
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     @property
     def running_tasks(self) -> int:
-        return len(self._tasks)
+        return len(self._tasks) if self._tasks is not None else 0
 
     def release_task(self, task: asyncio.Task[Any]) -> None:
         """Stop tying ``task`` to the connection: it outlives it (an AI answer being resumed)."""
-        self._tasks.discard(task)
+        if self._tasks is not None:
+            self._tasks.discard(task)
 
     def cancel_tasks(self) -> None:
         """Cancel everything started with :meth:`start_task` (called by the transport on close)."""
-        for task in list(self._tasks):
+        for task in list(self._tasks or ()):
             task.cancel()
 
     def __repr__(self) -> str:

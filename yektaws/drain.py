@@ -57,10 +57,8 @@ async def drain(gateway: Gateway, *, timeout: float, spread: float) -> None:
         await asyncio.sleep(_POLL_INTERVAL)
     await gateway.close_all(CloseReason.GOING_AWAY)  # the busy ones, and any that slipped in
 
-    settle_until = loop.time() + _SETTLE_TIMEOUT
-    while len(gateway.hub) and loop.time() < settle_until:
-        await asyncio.sleep(_POLL_INTERVAL)
-    log.info("drain_finished", remaining=len(gateway.hub))
+    remaining = await gateway.wait_released(_SETTLE_TIMEOUT)
+    log.info("drain_finished", remaining=remaining)
 
 
 async def _close(connections: list[Connection]) -> None:

@@ -29,6 +29,9 @@ __all__ = ["Gateway"]
 
 log = get_logger("yektaws.connections")
 
+# How often wait_released() looks whether the closes have finished.
+_RELEASE_POLL = 0.05
+
 
 class Gateway:
     """The protocol-neutral core that the transports are built on."""
@@ -137,6 +140,16 @@ class Gateway:
     async def close_all(self, reason: CloseReason) -> None:
         for conn in self.hub:
             await conn.close(reason)
+
+    async def wait_released(self, timeout: float) -> int:
+        """Wait until every connection has been released, at most ``timeout`` seconds; returns
+        how many remain. Closes finish on the connections' own tasks (a closing handshake waits
+        for the client's answer), which nothing else waits for."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while len(self.hub) and loop.time() < until:
+            await asyncio.sleep(_RELEASE_POLL)
+        return len(self.hub)
 
 
 def _cause(conn: Connection) -> str:

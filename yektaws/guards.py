@@ -35,6 +35,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_websocket import WebSocketError, WebSocketReader
 
+from yektaws.wsdetach import DetachedProtocol, detach
 from yektaws.wsinline import InlineQueue
 
 __all__ = [
@@ -142,8 +143,11 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
     one byte more.
     """
 
-    def __init__(self, *, max_message_size: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_message_size: int, detachable: bool = False, **kwargs: Any) -> None:
         super().__init__(max_msg_size=max_message_size + 1, **kwargs)
+        #: Built by prepare() when the socket is to leave aiohttp's handler (:meth:`detach`).
+        self._detached: DetachedProtocol | None = None
+        self._detachable = detachable
         #: Our close frame has been written: nothing but the peer's answer is awaited.
         self._close_sent = False
         self._peer_closed: asyncio.Future[None] | None = None
@@ -241,6 +245,23 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         if not self._close_sent:
             await super().pong(message)
 
+    def detach(self, request: web.BaseRequest) -> None:
+        """Let the handler return while the socket lives on (:mod:`yektaws.wsdetach`).
+
+        Only for a response built ``detachable=True`` and prepared; from here on its close, its
+        reading and its end are the caller's, not aiohttp's.
+        """
+        assert self._detached is not None, "detachable=True, and prepare() first"
+        detach(self, request, self._detached)
+        self._handler_task = None  # the handler returns: it is not the socket's reader
+
+    def _close_transport(self) -> None:
+        # aiohttp closes the transport through the request, which a detached socket has no more.
+        if self._detached is None:
+            super()._close_transport()
+        elif self._detached.transport is not None:
+            self._detached.transport.close()
+
     @property
     def inline_queue(self) -> InlineQueue:
         """The message queue (after ``prepare()``), where a transport installs its receiver."""
@@ -256,7 +277,12 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         self._reset_heartbeat()
         self._handler_task = asyncio.current_task()
         assert self._loop is not None
-        queue = self._reader = InlineQueue(request._protocol, DEFAULT_CHUNK_SIZE, loop=self._loop)
+        # A socket to be detached has its own protocol from the start: the queue pauses and
+        # resumes reading through it, before and after detach().
+        flow_control: Any = request._protocol
+        if self._detachable and request.transport is not None:
+            flow_control = self._detached = DetachedProtocol(self._loop, request.transport)
+        queue = self._reader = InlineQueue(flow_control, DEFAULT_CHUNK_SIZE, loop=self._loop)
         self._parser = WebSocketReader(
             queue, self._max_msg_size, compress=bool(self._compress), decode_text=self._decode_text
         )
@@ -265,9 +291,12 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
             queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))
 
         on_data = None if self._heartbeat is None else self._on_data_received
-        # The protocol calls only feed_data() and feed_eof(), which a FrameGuard has.
+        # The protocols call only feed_data() and feed_eof(), which a FrameGuard has.
         guarded = cast(WebSocketReader, FrameGuard(self._parser, fail))
+        if self._detached is not None:
+            self._detached.attach_reader(guarded)
         request.protocol.set_parser(guarded, data_received_cb=on_data)
+        request.protocol.keep_alive(False)  # as aiohttp's own: no HTTP keep-alive timer
 
 
 async def frame_sent(transport: asyncio.Transport, stall_timeout: float) -> bool:

@@ -11,14 +11,16 @@ one it takes never enters the queue.
 The receiver answers at once or declines: a message it declines (an event whose handler must wait,
 a control frame) is queued as before, and from then on, until the reading task has caught up, every
 later message is queued behind it, so a connection's messages are always handled in order. The
-transports remove the receiver while their task handles a queued message and put it back when the
-task waits again (:meth:`InlineQueue.receive_with`).
+receiver is removed when something is queued and put back once the reader has caught up:
 
-While it waits, the task holds no ``receive()``: it waits on one future of the queue's, and calls
-``receive()`` (which then returns at once) only when something was queued. An idle connection
-spends most of its life waiting, and aiohttp's ``receive()`` and the reader's ``read()`` are two
-suspended coroutines, about 2 KiB, on the stack of every one of them (tracemalloc, 2000 idle
-native connections).
+- :meth:`InlineQueue.offer` needs no task while nothing waits: the queue calls back (in the
+  parsing callback) when something is queued, and the transport starts a task for it then. The
+  native transport reads this way: an idle native connection has no task at all.
+- :meth:`InlineQueue.receive_with` is the same for a task that lives as long as its connection
+  (Engine.IO's websocket): it waits on one future of the queue's, not in ``receive()``, and
+  calls ``receive()`` (which then returns at once) only when something was queued. aiohttp's
+  ``receive()`` and the reader's ``read()`` are two suspended coroutines, about 2 KiB, on the
+  stack of every idle connection otherwise (tracemalloc, 2000 idle native connections).
 
 Every limit still holds: the frame guard and aiohttp's reader (message size, UTF-8, control frames,
 the close handshake) run before a message exists, and a connection that is closing is never offered
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -51,9 +54,14 @@ _NO_CAUSE: Any = object()
 class InlineQueue(WebSocketDataQueue):
     """aiohttp's ``WebSocketDataQueue``, offering each message to a :data:`Receiver` first."""
 
-    receiver: Receiver | None = None
-    #: Set while :meth:`receive_with` waits: resolved by the first thing queued (or the end).
-    _queued: asyncio.Future[None] | None = None
+    # Slots, not a __dict__: one queue per connection, most of them idle.
+    __slots__ = ("_on_queued", "receiver")
+
+    def __init__(self, protocol: Any, limit: int, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(protocol, limit, loop=loop)
+        self.receiver: Receiver | None = None
+        #: Called once, with the receiver removed, when something is queued (or the queue ends).
+        self._on_queued: Callable[[], None] | None = None
 
     def feed_data(self, data: Any, size: int) -> None:
         receiver = self.receiver
@@ -80,19 +88,31 @@ class InlineQueue(WebSocketDataQueue):
             super().set_exception(exc, exc_cause)
         self._wake()
 
+    def offer(self, receiver: Receiver, on_queued: Callable[[], None]) -> bool:
+        """Hand messages to ``receiver`` from now on, until one is queued: then the receiver is
+        removed and ``on_queued()`` called, once, in the callback that queued it.
+
+        Returns False, installing nothing, when something is queued already (or the queue has
+        ended): the caller reads that first. This is how a reader needs no task while it waits.
+        """
+        if self._buffer or self.is_eof():
+            return False
+        self.receiver, self._on_queued = receiver, on_queued
+        return True
+
     def _wake(self) -> None:
-        queued = self._queued
-        if queued is not None and not queued.done():
-            queued.set_result(None)
+        on_queued = self._on_queued
+        if on_queued is not None:
+            self.receiver = self._on_queued = None
+            on_queued()
 
     async def receive_with(self, ws: web.WebSocketResponse, receiver: Receiver) -> Any:
         """``ws.receive()``, with ``receiver`` taking what arrives meanwhile: the next message it
         declined (or a close, an error), which the caller handles with the receiver removed."""
-        if not self._buffer and not self.is_eof():
-            self.receiver = receiver
-            self._queued = asyncio.get_running_loop().create_future()
+        queued = asyncio.get_running_loop().create_future()
+        if self.offer(receiver, partial(queued.set_result, None)):
             try:
-                await self._queued
+                await queued
             finally:
-                self.receiver = self._queued = None
+                self.receiver = self._on_queued = None
         return await ws.receive()

@@ -4,6 +4,8 @@ socket named by ``YEKTAWS_MEMPROBE`` (the gateway itself has no such setting):
 
 - ``rss``: VmRSS in KiB;
 - ``types``: live objects by type, after a full collection (objgraph-style counting);
+- ``live NAME...``: how many objects of those type names exist now, without a collection first
+  (objects only a reference cycle keeps count too);
 - ``snapshot PATH``: a tracemalloc snapshot dumped to PATH (start Python with ``-X tracemalloc=N``);
 - ``trim``: ``malloc_trim(0)``, with VmRSS before and after: memory glibc gives back is free heap
   held in its arenas (fragmentation), memory it keeps is live.
@@ -44,6 +46,13 @@ def answer(command: list[str]) -> dict[str, Any]:
             gc.collect()
             counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
             return {"types": dict(counts)}
+        case ["live", *names]:
+            # No collection first: what a reference cycle keeps until the collector runs counts.
+            wanted = set(names)
+            live = collections.Counter(
+                name for o in gc.get_objects() if (name := type(o).__qualname__) in wanted
+            )
+            return {"live": {name: live[name] for name in names}}
         case ["snapshot", path]:
             gc.collect()
             if not tracemalloc.is_tracing():

@@ -37,16 +37,16 @@ if __name__ == "__main__":
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent]
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WSMessage
 from kosoku import FailureError, run_fuzzingclient
 
-from yektaws.connection import Connection
 from yektaws.dispatcher import Dispatcher
 from yektaws.gateway import Gateway
-from yektaws.guards import header_deadline_factory
+from yektaws.guards import GuardedWebSocketResponse, header_deadline_factory
 from yektaws.metrics import Metrics
 from yektaws.sessions import open_store
 from yektaws.settings import load_settings
-from yektaws.transports.native import NativeTransport
+from yektaws.transports.native import NativeConnection, NativeTransport
 
 if TYPE_CHECKING:
     from kosoku._kosoku import CaseResult
@@ -99,22 +99,25 @@ PASSING = frozenset({"OK", "NON-STRICT", "INFORMATIONAL"})
 
 
 class EchoTransport(NativeTransport):
-    """The native transport with its read loop echoing each message back, frame type kept."""
+    """The native transport with each message echoed back, frame type kept, by the connection's
+    task: nothing is read inline, so every message takes ``ws.receive()``."""
 
-    async def _read_loop(self, conn: Connection, ws: web.WebSocketResponse) -> None:
-        while True:
-            message = await ws.receive()
-            if message.type is WSMsgType.TEXT:
-                await ws.send_str(message.data)
-            elif message.type is WSMsgType.BINARY:
-                await ws.send_bytes(message.data)
-            elif message.type is WSMsgType.PING:
-                # The native transport answers pings itself (autoping is off: see Heartbeat).
-                await ws.pong(message.data)
-            elif message.type is WSMsgType.PONG:
-                continue
-            else:  # CLOSE, CLOSING, CLOSED, ERROR: aiohttp has answered the close already
-                return
+    def _offer(self, conn: NativeConnection, ws: GuardedWebSocketResponse) -> bool:
+        return False
+
+    async def _handle_queued(
+        self, conn: NativeConnection, ws: GuardedWebSocketResponse, message: WSMessage
+    ) -> bool:
+        if message.type is WSMsgType.TEXT:
+            await ws.send_str(message.data)
+        elif message.type is WSMsgType.BINARY:
+            await ws.send_bytes(message.data)
+        elif message.type is WSMsgType.PING:
+            # The native transport answers pings itself (autoping is off: see Heartbeat).
+            await ws.pong(message.data)
+        elif message.type is not WSMsgType.PONG:
+            return False  # CLOSE, CLOSING, CLOSED, ERROR: aiohttp has answered the close already
+        return True
 
 
 async def serve(port: int, ready_file: Path) -> None:

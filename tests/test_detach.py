@@ -1,0 +1,96 @@
+"""Native sockets leave aiohttp's request machinery after the handshake (yektaws.wsdetach).
+
+What a user would notice if it broke: memory per idle connection (aiohttp's handler, parser and
+parsed request, ~10 KB, kept for the life of every socket, or left in reference cycles that an
+idle server seldom collects), and connections that stop working or stop closing properly once
+their HTTP handler has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from support.gateway import REPO, Gateway, start_gateway
+from support.rawws import OP_CLOSE, OP_TEXT, RawConnection, frame
+
+PROBE = REPO / "bench" / "memory" / "probe.py"
+IDLE = 200
+HEADER_DEADLINE = 1.0
+#: aiohttp objects of one HTTP request; a detached socket keeps none of them.
+REQUEST_MACHINERY = ("RequestHandler", "HttpRequestParser", "Request")
+
+
+def ask(path: str, *command: str) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(path)
+        stream = sock.makefile("rw")
+        stream.write(" ".join(command) + "\n")
+        stream.flush()
+        return json.loads(stream.readline())
+
+
+@pytest.fixture
+def probed(database_url: str) -> Iterator[tuple[Gateway, str]]:
+    probe = str(Path(tempfile.mkdtemp(prefix="yektaws-detach-")) / "probe.sock")
+    env = {
+        "DATABASE_URL": database_url,
+        "YEKTAWS_MEMPROBE": probe,
+        "MAX_CONNECTIONS_PER_ADDRESS": "1000",
+        "MAX_CONNECTIONS_PER_USER": "1000",
+        "MAX_HANDSHAKES_PER_SECOND": "1000",
+        # The header deadlines hold each new connection's handler this long (yektaws.guards).
+        "HANDSHAKE_TIMEOUT": str(HEADER_DEADLINE),
+    }
+    gateway = start_gateway(env, entry=[str(PROBE)])
+    yield gateway, probe
+    gateway.stop()
+
+
+async def test_idle_native_connections_keep_no_http_request_alive(
+    probed: tuple[Gateway, str], make_token
+) -> None:
+    gateway, probe = probed
+    token = make_token(user_id=7, logged_in=True)
+    connections = []
+    try:
+        for _ in range(IDLE):
+            ws = await RawConnection.upgraded(gateway.port, f"/ws?token={token}")
+            assert (await ws.read_event())["event"] == "connected"
+            connections.append(ws)
+        await asyncio.sleep(HEADER_DEADLINE + 0.5)
+
+        live = ask(probe, "live", *REQUEST_MACHINERY)["live"]
+        # A handful at most: the probe's own /health polls may be in flight.
+        assert all(count < 5 for count in live.values()), live
+
+        # Detached, every one still answers, in order, and closes with the client's code.
+        for number, ws in enumerate(connections):
+            await ws.send(frame(OP_TEXT, orjson.dumps({"event": "echo", "data": number, "id": 1})))
+        for number, ws in enumerate(connections):
+            reply = await ws.read_event()
+            assert (reply["event"], reply["id"], reply["data"]["received"]) == (
+                "echo_response",
+                1,
+                number,
+            )
+        # ...and completes the client's closing handshake, with no handler task left to do it.
+        for ws in connections:
+            await ws.send(frame(OP_CLOSE, struct.pack("!H", 1000)))
+        assert [await ws.close_code() for ws in connections] == [1000] * IDLE
+    finally:
+        for ws in connections:
+            await ws.close()
+    await asyncio.sleep(0.5)
+    log = gateway.log_text()
+    codes = [json.loads(line).get("code") for line in log.splitlines() if '"disconnect"' in line]
+    assert codes == [1000] * IDLE  # each released once, with the client's close code
+    assert "Traceback" not in log
