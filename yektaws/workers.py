@@ -40,7 +40,7 @@ from typing import Any
 from yektaws.logging import get_logger
 from yektaws.settings import Settings
 
-__all__ = ["EXIT_FORCED", "WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
+__all__ = ["EXIT_FORCED", "STOP_MARGIN", "WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
 
 log = get_logger("yektaws.workers")
 
@@ -59,8 +59,9 @@ RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 #: How often the parent looks at its workers.
 _POLL = 0.2
-#: What the parent allows a worker beyond DRAIN_TIMEOUT to finish its drain before killing it.
-_STOP_MARGIN = 10.0
+#: What the parent allows a worker beyond DRAIN_TIMEOUT to finish its drain before killing it;
+#: a worker whose parent is gone allows itself as much (see yektaws.server).
+STOP_MARGIN = 10.0
 
 
 class WorkerError(Exception):
@@ -202,7 +203,7 @@ class _Supervisor:
         log.info("stopping", signal=first)
         for worker in self._running():
             worker.process.send_signal(self._signals[0])  # type: ignore[union-attr]
-        deadline = time.monotonic() + self._settings.drain_timeout + _STOP_MARGIN
+        deadline = time.monotonic() + self._settings.drain_timeout + STOP_MARGIN
         forced = False
         while self._running():
             if len(self._signals) > 1 or time.monotonic() > deadline:
