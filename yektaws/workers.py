@@ -22,7 +22,9 @@ Supervision: a worker that exits on its own is started again after a backoff (do
 the parent waits for them (at most ``DRAIN_TIMEOUT`` and a margin) and exits 0 when they all
 exited 0. A second signal kills the workers and exits 130. Workers ignore a repeated signal
 themselves, since a terminal's Ctrl-C or systemd's stop reaches the whole process group. A worker
-whose parent disappears drains and exits.
+whose parent disappears drains and exits; it watches from a thread of its own, and if it is still
+there ``DRAIN_TIMEOUT`` + :data:`STOP_MARGIN` after its parent went (its event loop stuck, say in
+a log write to a pipe nobody reads), it exits with :data:`EXIT_FORCED` all the same.
 """
 
 from __future__ import annotations
