@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 import socketio
 
 from support.cluster import API_KEY, call_api
 from support.gateway import REPO, Gateway, children, free_port, free_port_pair, start_gateway
 from support.proxies import Nginx, make_self_signed
+from support.rawws import OP_TEXT, frame, upgrade_request
+from support.redis import RedisServer
+from yektaws.workers import STOP_MARGIN
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -163,3 +170,237 @@ async def test_polling_clients_keep_their_worker_behind_nginx(
         line.split('" ')[1].split()[0] for line in proxy.access_log.read_text().splitlines()
     ]
     assert statuses and set(statuses) <= {"200", "101"}, statuses
+
+
+# -- a supervisor that disappears -------------------------------------------------------------
+
+#: DRAIN_TIMEOUT of the orphan tests: small, so that the bound below is quick to wait for.
+ORPHAN_DRAIN_TIMEOUT = 1.0
+#: What a worker whose supervisor was SIGKILLed may take to be gone: it notices within a second
+#: (server._ORPHAN_CHECK), then allows itself DRAIN_TIMEOUT + STOP_MARGIN; and a little slack.
+ORPHAN_EXIT_BOUND = 1.0 + ORPHAN_DRAIN_TIMEOUT + STOP_MARGIN + 2.0
+#: Pushed to every client before the kill: a client that does not read has it queued.
+PUSHES, PUSH_BYTES = 40, 16 * 1024
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` is gone (a zombie counts: an orphan is reaped by whoever adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+async def wait_exited(pids: list[int], bound: float) -> float:
+    """Seconds until every process of ``pids`` has exited; fails after ``bound``."""
+    started = time.monotonic()
+    while not all(exited(pid) for pid in pids):
+        alive = [pid for pid in pids if not exited(pid)]
+        assert time.monotonic() - started < bound, f"workers {alive} still alive after {bound}s"
+        await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+def kill_leftovers(pids: list[int]) -> None:
+    for pid in pids:
+        if not exited(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def non_reading_socket(port: int, request: bytes) -> socket.socket:
+    """A connection that sends ``request`` and never reads: the server's writes back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> bool:
+    """Whether the server has ended ``sock`` (EOF or reset once what it had sent is read)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 16):
+            pass
+    except ConnectionError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("redis", ["up", "down"])
+async def test_workers_exit_when_the_supervisor_is_killed(
+    database_url: str, redis_url: str, make_token: Callable[..., str], redis: str
+) -> None:
+    """SIGKILL of the supervisor with every kind of client on both workers, one of them not
+    reading while pushes pile up for it: each worker drains and exits within DRAIN_TIMEOUT and
+    the margin, and every client sees its connection end. With Redis stopped just before the
+    kill too (the bus's own shutdown then meets a broker that is gone)."""
+    own_redis = RedisServer() if redis == "down" else None
+    if own_redis is not None:
+        own_redis.start()
+    base = free_port_pair()
+    gateway = start_gateway(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": own_redis.url if own_redis is not None else redis_url,
+            "REDIS_PREFIX": f"yektaws-test-{uuid.uuid4().hex[:12]}",
+            "WORKER_BASE_PORT": str(base),
+            "ADMIN_API_KEY": API_KEY,
+            "ADMIN_PORT": str(free_port()),
+            "DRAIN_TIMEOUT": str(ORPHAN_DRAIN_TIMEOUT),
+            "DRAIN_SPREAD": "0.2",
+        },
+        args=["--workers", "2"],
+    )
+    pids: list[int] = []
+    opened: list[socketio.AsyncClient] = []
+    sessions: list[aiohttp.ClientSession] = []
+    raw: list[socket.socket] = []
+    try:
+        pids = [e["pid"] for e in sorted(workers_started(gateway), key=lambda e: e["worker"])]
+        token = make_token(user_id=91, logged_in=True)
+        # Socket.IO over websocket on the shared port, over long-polling on each worker's own.
+        for transport, url in [
+            ("websocket", gateway.http_url),
+            ("websocket", gateway.http_url),
+            ("polling", f"http://127.0.0.1:{base}"),
+            ("polling", f"http://127.0.0.1:{base + 1}"),
+        ]:
+            client = socketio.AsyncClient(reconnection=False)
+            await client.connect(url, transports=[transport], auth={"token": token})
+            opened.append(client)
+        native = []
+        for _ in range(2):
+            sessions.append(aiohttp.ClientSession())
+            native.append(await sessions[-1].ws_connect(f"{gateway.ws_url}/ws?token={token}"))
+        raw.append(non_reading_socket(gateway.port, upgrade_request(f"/ws?token={token}")))
+        raw.append(
+            non_reading_socket(
+                gateway.port, upgrade_request("/socket.io/?EIO=4&transport=websocket")
+            )
+        )
+        await asyncio.sleep(0.3)  # the Engine.IO open packet has been sent: join the namespace
+        raw[-1].sendall(frame(OP_TEXT, b'40{"token":"%s"}' % token.encode()))
+        wanted = len(opened) + len(native) + len(raw)
+        for _ in range(100):
+            _, listed = await call_api(gateway, "GET", "/users/91/connections")
+            if len(listed["connections"]) == wanted:
+                break
+            await asyncio.sleep(0.05)
+        assert len(listed["connections"]) == wanted, listed
+        for n in range(PUSHES):
+            body = {
+                "to": "user:91",
+                "event": "orphan:push",
+                "data": {"n": n, "pad": "x" * PUSH_BYTES},
+            }
+            status, _ = await call_api(gateway, "POST", "/emit", body)
+            assert status == 200
+        if own_redis is not None:
+            own_redis.stop()
+
+        os.kill(gateway.pid, signal.SIGKILL)
+        gateway.process.wait()
+        seconds = await wait_exited(pids, ORPHAN_EXIT_BOUND)
+
+        for client in opened:
+            for _ in range(50):
+                if not client.connected:
+                    break
+                await asyncio.sleep(0.1)
+            assert not client.connected
+        for ws in native:
+            async with asyncio.timeout(5):
+                while (await ws.receive()).type not in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                ):
+                    pass
+        assert all(closed_by_server(sock, 5) for sock in raw)
+    finally:
+        kill_leftovers(pids)
+        for client in opened:
+            await client.disconnect()
+        for http in sessions:
+            await http.close()
+        for sock in raw:
+            sock.close()
+        gateway.stop(signal.SIGKILL)
+        if own_redis is not None:
+            own_redis.stop()
+    gone = {entry["parent"] for entry in gateway.logs() if entry.get("event") == "supervisor_gone"}
+    assert len([e for e in gateway.logs() if e.get("event") == "supervisor_gone"]) == 2
+    assert gone == {gateway.pid}
+    forced = [e for e in gateway.logs() if e.get("event") == "forced_exit"]
+    print(f"workers gone {seconds:.1f}s after the supervisor, {len(forced)} of them forced")
+
+
+def test_workers_exit_when_the_supervisor_is_killed_and_nobody_reads_their_log(
+    database_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    """The workers' stderr is the supervisor's: a pipe whose reader is alive but no longer reads
+    (a log collector stuck, a harness that killed the supervisor and kept the pipe) fills up and
+    blocks the worker's event loop inside a log write, for good. The worker still exits, forced,
+    within the bound."""
+    admin = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "AI_BASE_URL": "",
+        "LOG_FORMAT": "json",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": redis_prefix,
+        "WORKER_BASE_PORT": str(free_port_pair()),
+        "ADMIN_API_KEY": API_KEY,
+        "ADMIN_PORT": str(admin),
+        "DRAIN_TIMEOUT": str(ORPHAN_DRAIN_TIMEOUT),
+    }
+    port = free_port()
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "yektaws", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,  # never read below
+        stderr=subprocess.STDOUT,
+    )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 or not answers_health(port):
+            assert time.monotonic() < deadline, "the workers never served"
+            time.sleep(0.1)
+            pids = children(supervisor.pid)
+        # Every push is logged: push until the log pipe is full and a worker no longer answers.
+        body = json.dumps({"to": "user:1", "event": "e", "data": "x" * 200}).encode()
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        for _ in range(5000):
+            request = urllib.request.Request(f"http://127.0.0.1:{admin}/emit", body, headers)
+            try:
+                urllib.request.urlopen(request, timeout=1).close()
+            except OSError:
+                break
+        else:
+            pytest.fail("the log pipe never filled up")
+
+        supervisor.kill()
+        supervisor.wait()
+        asyncio.run(wait_exited(pids, ORPHAN_EXIT_BOUND))
+    finally:
+        kill_leftovers(pids)
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        assert supervisor.stdout is not None
+        supervisor.stdout.close()
+
+
+def answers_health(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+    except OSError:
+        return False
+    return True

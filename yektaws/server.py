@@ -5,7 +5,12 @@
 gateway's, and the server API's (:mod:`yektaws.admin`) when ``ADMIN_API_KEY`` is set.
 
 Exit codes: 0 after a drain, 1 when the port cannot be bound or the store is unusable,
-:data:`EXIT_FORCED` when a second signal cut the drain short.
+:data:`EXIT_FORCED` when a second signal cut the drain short, or when a worker whose supervisor is
+gone had not finished within ``DRAIN_TIMEOUT`` plus :data:`~yektaws.workers.STOP_MARGIN`.
+
+A worker watches its supervisor from a thread of its own, not from the event loop: a loop that is
+stuck (a log write blocked on a pipe nobody reads blocks the whole loop, and with the supervisor
+dead nobody would ever kill the worker) must not stop the worker from noticing, nor from exiting.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
+import threading
+import time
+from datetime import UTC, datetime
 
+import orjson
 from aiohttp import web
 
 from yektaws import __version__, systemd
@@ -28,7 +38,7 @@ from yektaws.guards import header_deadline_factory
 from yektaws.logging import get_logger
 from yektaws.sessions import SessionStore, StoreUnavailable
 from yektaws.settings import Settings
-from yektaws.workers import BACKLOG, WorkerSockets
+from yektaws.workers import BACKLOG, STOP_MARGIN, WorkerSockets
 
 __all__ = ["EXIT_FORCED", "serve"]
 
@@ -40,6 +50,9 @@ EXIT_FORCED = 130
 _ORPHAN_CHECK = 1.0
 # How often a start-up that found the session store down asks it again.
 _STORE_RETRY_INTERVAL = 1.0
+# What aiohttp allows the requests still running when the listeners close (after the drain):
+# to end, then again to end once cancelled.
+_SHUTDOWN_TIMEOUT = 5.0
 
 
 async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
@@ -51,7 +64,9 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
     app = create_app(settings, worker=worker.index if worker is not None else None)
     # access_log=None: aiohttp's access log would record `?token=`; connections are logged by
     # the gateway itself, with tokens masked.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+    )
     try:
         await runner.setup()
     except StoreUnavailable as exc:
@@ -61,7 +76,11 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
     if settings.admin_api_key:
         admin_app = create_admin_app(app[BUS_KEY], settings.admin_api_key)
         admin_app.add_subapp(CONSOLE_PATH, create_console_app(app[BUS_KEY], settings.admin_api_key))
-        admin = web.AppRunner(admin_app, access_log=None, handle_signals=False)
+        # The same shutdown timeout as the gateway's (aiohttp's default is 60 s, twice over: a
+        # server API request still running would hold the exit for two minutes).
+        admin = web.AppRunner(
+            admin_app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
         await admin.setup()
     listeners: list[asyncio.AbstractServer] = []
     try:
@@ -119,7 +138,7 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
         if interval:
             background.append(loop.create_task(systemd.run_watchdog(interval)))
     else:
-        background.append(loop.create_task(_stop_when_orphaned(stop)))
+        _watch_supervisor(loop, stop, settings.drain_timeout + STOP_MARGIN, settings.log_format)
     await stop.wait()
 
     try:
@@ -186,11 +205,63 @@ async def _close(
             await listener.wait_closed()
 
 
-async def _stop_when_orphaned(stop: asyncio.Event) -> None:
-    # A worker outliving its supervisor would hold the shared sockets with nobody to restart
-    # or stop it: it drains and exits instead.
+def _watch_supervisor(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, grace: float, log_format: str
+) -> threading.Thread:
+    """Watch, from a daemon thread, whether this worker's supervisor is still its parent.
+
+    A worker outliving its supervisor would hold the shared sockets with nobody to restart or
+    stop it: once the parent is gone, ``stop`` is set (the worker drains and exits), and if the
+    process is still there ``grace`` seconds later it ends itself with :data:`EXIT_FORCED`.
+    Both happen in this thread, so that neither depends on the event loop: a loop blocked in a
+    log write to a pipe that nobody reads any more (the supervisor's own reader gone) never
+    returns, and no asyncio timer would fire.
+    """
     parent = os.getppid()
-    while os.getppid() == parent:
-        await asyncio.sleep(_ORPHAN_CHECK)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_ORPHAN_CHECK)
+        gone_at = time.monotonic()
+        # The loop may be closed already (the worker is exiting on its own): nothing to tell it.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_orphaned, stop, parent)
+        time.sleep(grace)
+        _last_word(
+            log_format,
+            event="forced_exit",
+            reason="supervisor_gone",
+            parent=parent,
+            seconds=round(time.monotonic() - gone_at, 3),
+        )
+        os._exit(EXIT_FORCED)
+
+    thread = threading.Thread(target=watch, name="yektaws-supervisor-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _orphaned(stop: asyncio.Event, parent: int) -> None:
     log.warning("supervisor_gone", parent=parent)
     stop.set()
+
+
+def _last_word(log_format: str, **fields: object) -> None:
+    """Write one log line straight to stderr if that cannot block, else nothing.
+
+    Not through the logger: its stream's lock may be held by the main thread, blocked in the very
+    write that made this exit necessary.
+    """
+    timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    if log_format == "json":
+        entry = {"logger": "yektaws", **fields, "level": "error", "timestamp": timestamp}
+        line = orjson.dumps(entry) + b"\n"
+    else:
+        event = fields.pop("event")
+        pairs = " ".join(f"{key}={value}" for key, value in fields.items())
+        line = f"{timestamp} [error    ] {event} {pairs}\n".encode()
+    with contextlib.suppress(OSError, ValueError):
+        _, writable, _ = select.select([], [sys.stderr.fileno()], [], 0)
+        if writable:
+            # One short write: a pipe with room takes it whole, at once.
+            os.write(sys.stderr.fileno(), line)

@@ -22,7 +22,9 @@ Supervision: a worker that exits on its own is started again after a backoff (do
 the parent waits for them (at most ``DRAIN_TIMEOUT`` and a margin) and exits 0 when they all
 exited 0. A second signal kills the workers and exits 130. Workers ignore a repeated signal
 themselves, since a terminal's Ctrl-C or systemd's stop reaches the whole process group. A worker
-whose parent disappears drains and exits.
+whose parent disappears drains and exits; it watches from a thread of its own, and if it is still
+there ``DRAIN_TIMEOUT`` + :data:`STOP_MARGIN` after its parent went (its event loop stuck, say in
+a log write to a pipe nobody reads), it exits with :data:`EXIT_FORCED` all the same.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 from yektaws.logging import get_logger
 from yektaws.settings import Settings
 
-__all__ = ["EXIT_FORCED", "WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
+__all__ = ["EXIT_FORCED", "STOP_MARGIN", "WORKER_ENV", "WorkerError", "WorkerSockets", "supervise"]
 
 log = get_logger("yektaws.workers")
 
@@ -59,8 +61,9 @@ RESTART_BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0
 #: How often the parent looks at its workers.
 _POLL = 0.2
-#: What the parent allows a worker beyond DRAIN_TIMEOUT to finish its drain before killing it.
-_STOP_MARGIN = 10.0
+#: What the parent allows a worker beyond DRAIN_TIMEOUT to finish its drain before killing it;
+#: a worker whose parent is gone allows itself as much (see yektaws.server).
+STOP_MARGIN = 10.0
 
 
 class WorkerError(Exception):
@@ -202,7 +205,7 @@ class _Supervisor:
         log.info("stopping", signal=first)
         for worker in self._running():
             worker.process.send_signal(self._signals[0])  # type: ignore[union-attr]
-        deadline = time.monotonic() + self._settings.drain_timeout + _STOP_MARGIN
+        deadline = time.monotonic() + self._settings.drain_timeout + STOP_MARGIN
         forced = False
         while self._running():
             if len(self._signals) > 1 or time.monotonic() > deadline:
