@@ -212,6 +212,35 @@ async def test_ping_pong_over_websocket(gateway: Gateway, make_token) -> None:
         await ws.close()
 
 
+async def test_each_websocket_is_pinged_ping_interval_after_its_own_pong(
+    gateway: Gateway, make_token
+) -> None:
+    # Pings of all sessions share one timer (yektaws.transports.engineio_pings): each session's
+    # still falls pingInterval after its own pong, whenever the others answered theirs.
+    async def cycles(stagger: float) -> list[float]:
+        await asyncio.sleep(stagger)
+        ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+        try:
+            await ws.read_frame()  # the handshake
+            await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % make_token().encode()))
+            assert (await ws.read_frame())[1].startswith(b'40{"sid"')
+            assert (await ws.read_frame())[1].startswith(b'42["connected"')
+            assert await ws.read_frame(timeout=PING_INTERVAL + 2) == (OP_TEXT, b"2")
+            gaps = []
+            for _ in range(3):
+                answered = time.monotonic()
+                await ws.send(frame(OP_TEXT, b"3"))
+                assert await ws.read_frame(timeout=PING_INTERVAL + 2) == (OP_TEXT, b"2")
+                gaps.append(time.monotonic() - answered)
+            return gaps
+        finally:
+            await ws.close()
+
+    sessions = await asyncio.gather(*(cycles(n * 0.3) for n in range(3)))
+    for gaps in sessions:
+        assert all(PING_INTERVAL - 0.05 <= gap <= PING_INTERVAL + 0.4 for gap in gaps), sessions
+
+
 async def test_session_without_connect_is_closed_after_connect_timeout(polling: Polling):
     started = time.monotonic()
     while True:

@@ -60,6 +60,7 @@ _DETACH = ("yektaws/wsdetach.py",)
 _SOCKETIO_INLINE = ("yektaws/transports/socketio.py",)
 _ENGINEIO_WS = ("yektaws/transports/engineio_ws.py",)
 _SOCKETIO = ("yektaws/transports/socketio.py",)
+_PINGS = ("yektaws/transports/engineio_pings.py",)
 
 INTERNALS: tuple[Internal, ...] = (
     # -- aiohttp --------------------------------------------------------------------------------
@@ -351,6 +352,24 @@ INTERNALS: tuple[Internal, ...] = (
         _ENGINEIO_WS,
         "Called when our websocket reader ends, with the keyword arguments named here.",
         parameters=("wait", "abort", "reason"),
+    ),
+    Internal(
+        "engineio.async_socket:AsyncSocket",
+        "_send_ping",
+        _PINGS,
+        "The task schedule_ping starts through start_background_task: EngineIOPings knows it "
+        "by this function and keeps the ping in one timer for all sessions instead.",
+    ),
+    *(
+        Internal(
+            "engineio.async_socket:AsyncSocket",
+            name,
+            _PINGS,
+            "What _send_ping reads and sets, read and set the same way by EngineIOPings: no "
+            "ping to a closing or closed session, last_ping its time (the ping deadline).",
+            instance=True,
+        )
+        for name in ("closing", "last_ping")
     ),
     # -- python-socketio ------------------------------------------------------------------------
     Internal(

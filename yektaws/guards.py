@@ -24,7 +24,6 @@ response's ``_writer``, ``_closed``, ``_set_closed``), listed in :mod:`yektaws.c
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import sys
 import termios
@@ -35,6 +34,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.helpers import DEFAULT_CHUNK_SIZE
 from aiohttp.http_websocket import WebSocketError, WebSocketReader
 
+from yektaws.deadlines import OrderedDeadlines
 from yektaws.wsdetach import DetachedProtocol, detach
 from yektaws.wsinline import InlineQueue
 
@@ -67,7 +67,7 @@ CLOSE_ANSWER_TIMEOUT = 10.0
 # TCP acknowledged it, so the send queue is polled, first soon (it is usually empty at once), then
 # less often for a slow reader.
 _SEND_POLL_FIRST = 0.005
-#: Header deadlines this close together are enforced by the same timer (see _HeaderDeadlines).
+#: Header deadlines this close together are enforced by the same timer.
 _DEADLINE_SLACK = 0.1
 _SEND_POLL_LONGEST = 0.2
 
@@ -343,8 +343,14 @@ def _kernel_send_queue(transport: asyncio.Transport) -> Callable[[], int]:
 def header_deadline_factory(
     protocol_factory: Callable[[], asyncio.Protocol], timeout: float
 ) -> Callable[[], asyncio.Protocol]:
-    """Wrap aiohttp's protocol factory so that a connection must send full headers in time."""
-    deadlines = _HeaderDeadlines(timeout)
+    """Wrap aiohttp's protocol factory so that a connection must send full headers in time.
+
+    One timer for all connections (:class:`~yektaws.deadlines.OrderedDeadlines`): a timer per
+    connection lived ``HANDSHAKE_TIMEOUT`` seconds with every new one, idle WebSockets included.
+    """
+    deadlines: OrderedDeadlines[Any] = OrderedDeadlines(
+        timeout, _close_if_no_request, slack=_DEADLINE_SLACK
+    )
 
     def factory() -> asyncio.Protocol:
         protocol = protocol_factory()
@@ -352,38 +358,6 @@ def header_deadline_factory(
         return protocol
 
     return factory
-
-
-class _HeaderDeadlines:
-    """The header deadlines of new connections, kept by one timer for all of them.
-
-    A timer per connection (``call_later``: a handle, a uvloop timer and a bound callback,
-    ~480 bytes by tracemalloc) lived ``HANDSHAKE_TIMEOUT`` seconds with every new connection,
-    idle WebSockets included. Deadlines are all ``timeout`` after their connection, so they come
-    in order: a deque and one timer, which handles the deadlines of each
-    :data:`_DEADLINE_SLACK` seconds together, cost a tuple per connection.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
-        self._pending: collections.deque[tuple[float, Any]] = collections.deque()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, protocol: Any) -> None:
-        loop = asyncio.get_running_loop()
-        self._pending.append((loop.time() + self._timeout, protocol))
-        if self._timer is None:
-            self._timer = loop.call_at(self._pending[0][0], self._expire)
-
-    def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        pending = self._pending
-        while pending and pending[0][0] <= now:
-            _close_if_no_request(pending.popleft()[1])
-        self._timer = (
-            loop.call_at(pending[0][0] + _DEADLINE_SLACK, self._expire) if pending else None
-        )
 
 
 def _close_if_no_request(protocol: Any) -> None:

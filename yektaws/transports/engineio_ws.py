@@ -86,6 +86,12 @@ class DirectSendQueue:
         self._close_after_flush = False
         self._ended = False
 
+    @property
+    def compresses(self) -> bool:
+        """Whether packets go through aiohttp's writer (permessage-deflate): :meth:`put` may
+        wait then, and :meth:`put_nowait` would send them uncompressed."""
+        return bool(self._ws.compress)
+
     def adopt(self, queue: asyncio.Queue[Any]) -> None:
         """Take over what the polling transport had queued, in order, before anything newer."""
         while not queue.empty():

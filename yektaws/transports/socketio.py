@@ -46,6 +46,7 @@ from yektaws.forwarded import client_view
 from yektaws.logging import get_logger
 from yektaws.recovery import ResumeRequest
 from yektaws.transports.engineio_guards import EngineIOGuards
+from yektaws.transports.engineio_pings import EngineIOPings
 from yektaws.transports.engineio_ws import (
     DirectSendQueue,
     release_transport,
@@ -285,6 +286,7 @@ class SocketIOTransport:
         # The driver table is shared by every server of the process: replace it, do not mutate it.
         self.server.eio._async = {**self.server.eio._async, "websocket": driver}
         self._guards = EngineIOGuards(self.server.eio, max_body=settings.max_message_size)
+        self.pings = EngineIOPings(self.server.eio)
         self._generate_id = self.server.eio.generate_id
         self.server.eio.generate_id = self._next_id
         self.server.connect_handler = self._connect
@@ -492,4 +494,5 @@ class SocketIOTransport:
         return list(self._connections.values())
 
     async def shutdown(self) -> None:
+        self.pings.stop()
         await self.server.shutdown()
