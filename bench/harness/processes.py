@@ -99,12 +99,16 @@ class Processes:
         self._running.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM, then SIGKILL after a grace period; forget the process."""
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; forget the process.
+
+        A supervisor (``yektaws serve --workers N``) needs a grace longer than its workers'
+        drain: SIGKILL would leave the workers running without it.
+        """
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(STOP_GRACE_SECONDS)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -114,9 +118,9 @@ class Processes:
         if proc in self._running:
             self._running.remove(proc)
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         for proc in list(reversed(self._running)):
-            self.stop(proc)
+            self.stop(proc, grace)
 
     @contextlib.contextmanager
     def running(
