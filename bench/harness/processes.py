@@ -45,6 +45,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_run(count: int, avoid: set[int]) -> int:
+    """A port ``p`` such that ``p`` to ``p + count - 1`` are free on 127.0.0.1 and none is in
+    ``avoid`` (ports chosen already but not yet bound)."""
+    while True:
+        base = free_port()
+        wanted = set(range(base, base + count))
+        if wanted & avoid:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in sorted(wanted):
+                    held.enter_context(socket.create_server(("127.0.0.1", port)))
+            except OSError:
+                continue
+        return base
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` (VmRSS), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
