@@ -72,10 +72,15 @@ def rss_kib(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time ``pid`` has used so far."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time ``pid`` has used so far, apart."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the parenthesised command name, which may itself contain spaces.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
 
 
 class Processes:
