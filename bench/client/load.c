@@ -974,16 +974,24 @@ static int hold_command(void) {
     return 0;
 }
 
-static void run_hold(void) {
+/* Opens every connection, says so ({"phase":"ready","open","seconds"}) and watches stdin; 0 (the
+ * result already reported) when they could not all be opened. */
+static int open_then_watch_stdin(void) {
     double t0 = now();
-    answer_closes = 1;
     if (!open_all()) {
         emit_result("");
-        return;
+        return 0;
     }
     emit("{\"phase\":\"ready\",\"open\":%d,\"seconds\":%.3f}\n", ready_count, now() - t0);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
+    return 1;
+}
+
+static void run_hold(void) {
+    answer_closes = 1;
+    if (!open_then_watch_stdin())
+        return;
     on_stdin = hold_command;
     loop_until(all_closed, now() + 24 * 3600, 1);
     int still = still_open();
@@ -999,15 +1007,9 @@ static void run_hold(void) {
 }
 
 static void run_fanout(void) {
-    double t0 = now();
     fanout_mode = 1;
-    if (!open_all()) {
-        emit_result("");
+    if (!open_then_watch_stdin())
         return;
-    }
-    emit("{\"phase\":\"ready\",\"open\":%d,\"seconds\":%.3f}\n", ready_count, now() - t0);
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
     double cpu0 = cpu_seconds(), wall0 = now();
     loop_until(never, now() + 24 * 3600, 1);
     double cpu = cpu_seconds() - cpu0, wall = now() - wall0;
