@@ -90,11 +90,6 @@ class Encodings:
             found = self._forms[key] = encoder(self._event, self._data, position)
         return found
 
-    @property
-    def encoded(self) -> int:
-        """How many times an encoder ran: the distinct wire forms of this event."""
-        return len(self._forms)
-
 
 class Connection(ABC):
     """One authenticated client connection, on either protocol."""
