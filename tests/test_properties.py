@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support.gateway import Gateway
-from yektaws.connection import CloseReason, Connection
+from yektaws.connection import CloseReason, Connection, Encoder
 from yektaws.dispatcher import ErrorCode, Reply
 from yektaws.handlers import AIChat, build_dispatcher
 from yektaws.metrics import Metrics
@@ -70,8 +70,12 @@ class RecordingConnection(Connection):
     def transport(self) -> str:
         return "websocket"
 
-    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
-        self.emitted.append((event, data))
+    @property
+    def encoder(self) -> Encoder:
+        return lambda event, data, position: (event, data)
+
+    async def _send_encoded(self, payload: tuple[str, Any]) -> None:
+        self.emitted.append(payload)
 
     async def close(self, reason: CloseReason, text: str | None = None) -> None:
         self.closed, self.closed_for = True, reason

@@ -11,7 +11,7 @@ import asyncio
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from yektaws.logging import get_logger, mask_token
@@ -22,7 +22,7 @@ from yektaws.sessions import Session
 if TYPE_CHECKING:
     from yektaws.recovery import Link
 
-__all__ = ["CloseReason", "Connection"]
+__all__ = ["CloseReason", "Connection", "Encoder", "Encodings"]
 
 log = get_logger(__name__)
 
@@ -58,6 +58,37 @@ class CloseReason(enum.Enum):
 
 
 _RESUMABLE = frozenset({CloseReason.GOING_AWAY, CloseReason.DEAD_PEER, CloseReason.TOO_SLOW})
+
+#: How a kind of connection puts an event on the wire: ``(event, data, position)`` to what its
+#: transport writes (``position``: the recovery-log offset the event shows, or None). Hashable:
+#: equal encoders make the same bytes of the same event, which is what lets :class:`Encodings`
+#: share them.
+Encoder = Callable[[str, Any, str | None], Any]
+
+
+class Encodings:
+    """The wire forms of one event sent to many connections, each encoded once.
+
+    The hub makes one per emit to a room; every member asks it for the form its own
+    :attr:`Connection.encoder` makes, with or without the position it shows, and all members
+    asking for the same form get the same object (the same bytes). Only the transports know what
+    a form is: this class only remembers them.
+    """
+
+    __slots__ = ("_data", "_event", "_forms")
+
+    def __init__(self, event: str, data: Any) -> None:
+        self._event = event
+        self._data = data
+        self._forms: dict[tuple[Encoder, str | None], Any] = {}
+
+    def form(self, encoder: Encoder, position: str | None) -> Any:
+        """``encoder``'s wire form of the event showing ``position``, encoded on first use."""
+        key = (encoder, position)
+        found = self._forms.get(key)
+        if found is None:
+            found = self._forms[key] = encoder(self._event, self._data, position)
+        return found
 
 
 class Connection(ABC):
@@ -139,12 +170,16 @@ class Connection(ABC):
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def emit(self, event: str, data: Any) -> None:
-        """Send ``event`` with ``data``. Never waits on a slow client: one too slow is closed."""
+    async def emit(self, event: str, data: Any, encodings: Encodings | None = None) -> None:
+        """Send ``event`` with ``data``. Never waits on a slow client: one too slow is closed.
+
+        ``encodings``: the event is going to many connections (a room), which share its
+        encoding (see :class:`Encodings`).
+        """
         if self.closed:
             return
         self._metrics.event_out(event)
-        await self._send_event(event, data, None)
+        await self._send_encoded(self._encode(event, data, None, encodings))
 
     async def greet(self, event: str, data: Any) -> None:
         """Send the connection's first event; where the greeting carries the recovery handle
@@ -156,19 +191,26 @@ class Connection(ABC):
         self._metrics.event_out(event)
         link = self.recovery
         shown = link.position if link is not None and link.handle_in_greeting else None
-        await self._send_event(event, data, shown)
+        await self._send_encoded(self.encoder(event, data, shown))
 
     async def deliver(
-        self, event: str, data: Any, position: str, *, replaying: bool = False
+        self,
+        event: str,
+        data: Any,
+        position: str,
+        *,
+        replaying: bool = False,
+        encodings: Encodings | None = None,
     ) -> None:
         """Send a recoverable event found at ``position`` in the recovery log.
 
         Until its replay is done a resumed connection holds live events back (they follow the
         missed ones); an event already delivered, by the replay or live, is not sent again.
+        Only recoverable connections show the position; ``encodings`` as for :meth:`emit`.
         """
         link = self.recovery
         if link is None:
-            await self.emit(event, data)
+            await self.emit(event, data, encodings)
             return
         if link.held is not None and not replaying:
             link.held.append((event, data, position))
@@ -176,11 +218,26 @@ class Connection(ABC):
         if self.closed or not link.advance(position):
             return
         self._metrics.event_out(event)
-        await self._send_event(event, data, position)
+        await self._send_encoded(self._encode(event, data, position, encodings))
+
+    def _encode(
+        self, event: str, data: Any, position: str | None, encodings: Encodings | None
+    ) -> Any:
+        encoder = self.encoder
+        if encodings is None:
+            return encoder(event, data, position)
+        return encodings.form(encoder, position)
+
+    @property
+    @abstractmethod
+    def encoder(self) -> Encoder:
+        """How this connection's events are encoded; connections whose events are the same
+        bytes on the wire return equal encoders (the same function, or equal objects)."""
 
     @abstractmethod
-    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
-        """The transport's way of sending one event (with its log position, if it has one)."""
+    async def _send_encoded(self, payload: Any) -> None:
+        """Write one event as :attr:`encoder` made it (possibly shared with other connections:
+        never modify it). Never waits on a slow client: one too far behind is closed."""
 
     @abstractmethod
     async def close(self, reason: CloseReason, text: str | None = None) -> None:

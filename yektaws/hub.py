@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator
 from typing import Any
 
-from yektaws.connection import Connection
+from yektaws.connection import Connection, Encodings
 
 __all__ = ["Hub", "rooms_for", "rooms_of"]
 
@@ -107,12 +107,15 @@ class Hub:
     async def emit(self, room: str, event: str, data: Any, position: str | None = None) -> int:
         """Send ``event`` to every connection in ``room`` here; returns how many it reached.
 
-        ``position`` is the event's place in the recovery log, for a recoverable event.
+        ``position`` is the event's place in the recovery log, for a recoverable event. Each wire
+        form of the event (per protocol, namespace, with or without the position) is encoded
+        once, for all the members that send it (:class:`~yektaws.connection.Encodings`).
         """
         members = self.members(room)
+        encodings = Encodings(event, data)
         for conn in members:
             if position is None:
-                await conn.emit(event, data)
+                await conn.emit(event, data, encodings)
             else:
-                await conn.deliver(event, data, position)
+                await conn.deliver(event, data, position, encodings=encodings)
         return len(members)

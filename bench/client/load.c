@@ -1,7 +1,7 @@
 /*
  * Load client for bench/run: one thread, one epoll loop, pinned by the runner to its own CPU.
  *
- *   load mode=echo|handshake|idle|hold proto=native|sio check=as-is|yektaws port=P
+ *   load mode=echo|handshake|idle|hold|fanout proto=native|sio check=as-is|yektaws port=P
  *        [path=/ws] [conns=N] [warmup=S] [duration=S] [count=N] [concurrency=N] [tokens=FILE]
  *        [source=ADDR] [open_seconds=S]
  *
@@ -20,6 +20,14 @@
  *              has closed them all or stdin ends. Each line on stdin asks for a report
  *              {"phase":"report","open","pings","pinged"} (`pinged`: connections pinged at least
  *              once). For tests/test_scale.py: the server's heartbeat and drain at scale.
+ *   fanout     open `conns` connections, report, and time the events pushed to all of them (for
+ *              bench/fanout): each `fanout` event carries `data.seq` (1..MAX_SEQ); its arrival
+ *              on each connection is timed (CLOCK_MONOTONIC, the clock of Python's
+ *              time.monotonic()) and once every open connection has it a line
+ *              {"phase":"seq","seq","count","first","last"} says when it reached the first and
+ *              the last one. A second copy of a seq on one connection counts as `doubled`. The
+ *              end of stdin ends the run; the result lists every seq seen, [seq, count, first,
+ *              last], so that the runner can count what never arrived.
  *
  * `source=ADDR` binds every connection to that local address (e.g. 127.0.0.2): one source
  * address has only as many ephemeral ports as net.ipv4.ip_local_port_range holds (about 28,000),
@@ -66,6 +74,8 @@
 #define OPEN_SECONDS 60.0
 /* Largest frame accepted from a server; replies here are a few hundred bytes. */
 #define MAX_FRAME (1 << 20)
+/* Highest `seq` a fanout event may carry (one bit per seq per connection). */
+#define MAX_SEQ 4096
 /* Padding that brings a native request to about 110 bytes and its `data` object to about 80. */
 #define PAD "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 
@@ -93,6 +103,8 @@ struct conn {
     int framelen;
     /* Pings received from the server. */
     long pings;
+    /* fanout mode: the seqs this connection has received, one bit each. */
+    unsigned char *seen;
 };
 
 static struct {
@@ -496,6 +508,53 @@ static void got_reply(struct conn *c, const char *verdict) {
     on_reply(c);
 }
 
+/* ---- fanout mode: when each pushed event reached the first and the last connection. */
+
+static void emit(const char *fmt, ...);
+static int fanout_mode;
+static long doubled;
+static struct {
+    int count;
+    double first, last;
+} arrivals[MAX_SEQ + 1];
+
+static struct slice second_item(struct slice arr) {
+    struct slice none = {NULL, 0};
+    struct slice first = first_item(arr);
+    if (!first.p || first.p + first.n >= arr.p + arr.n || first.p[first.n] != ',')
+        return none;
+    const char *v = first.p + first.n + 1, *ve = skip_value(v, arr.p + arr.n);
+    return ve ? (struct slice){v, (size_t)(ve - v)} : none;
+}
+
+/* A `fanout` event with `data` arrived on c (timed on arrival); other events are skipped. */
+static void fanout_event(struct conn *c, struct slice event, struct slice data) {
+    double t = now();
+    if (!equals(event, "\"fanout\"", 8)) {
+        if (!equals(event, "\"connected\"", 11)) /* Socket.IO's greeting comes as an event */
+            fail("connection %d: unexpected event %.*s", c->idx, (int)event.n, event.p);
+        return;
+    }
+    struct slice seqv = get(data, "seq");
+    long seq = seqv.p ? strtol(seqv.p, NULL, 10) : 0;
+    if (seq < 1 || seq > MAX_SEQ)
+        return fail("connection %d: fanout event without a seq in 1..%d", c->idx, MAX_SEQ);
+    if (!c->seen)
+        c->seen = calloc(MAX_SEQ / 8 + 1, 1);
+    unsigned char bit = 1u << (seq & 7);
+    if (c->seen[seq >> 3] & bit) {
+        doubled++;
+        return;
+    }
+    c->seen[seq >> 3] |= bit;
+    if (arrivals[seq].count++ == 0)
+        arrivals[seq].first = t;
+    arrivals[seq].last = t;
+    if (arrivals[seq].count == ready_count - closed_count)
+        emit("{\"phase\":\"seq\",\"seq\":%ld,\"count\":%d,\"first\":%.6f,\"last\":%.6f}\n", seq,
+             arrivals[seq].count, arrivals[seq].first, arrivals[seq].last);
+}
+
 static void on_sio_packet(struct conn *c, const char *p, size_t n) {
     if (n == 0)
         return fail("empty Engine.IO packet");
@@ -520,6 +579,10 @@ static void on_sio_packet(struct conn *c, const char *p, size_t n) {
     char kind = n > 1 ? p[1] : 0;
     if (kind == '0' && c->st == OPENING)
         return become_ready(c);
+    if (kind == '2' && fanout_mode && n > 2 && p[2] == '[') {
+        struct slice arr = {scratch, canonicalize(p + 2, n - 2, scratch, sizeof scratch)};
+        return fanout_event(c, first_item(arr), second_item(arr));
+    }
     if (kind == '2') /* a pushed event such as `connected` or `echo_response` */
         return;
     if (kind == '3') {
@@ -543,6 +606,10 @@ static void on_text(struct conn *c, const char *p, size_t n) {
             is_string(get(get(msg, "data"), "socketId"), 1))
             return become_ready(c);
         return conn_failed(c, "first frame is not `connected`");
+    }
+    if (fanout_mode) {
+        struct slice msg = {scratch, canonicalize(p, n, scratch, sizeof scratch)};
+        return fanout_event(c, get(msg, "event"), get(msg, "data"));
     }
     const char *verdict = check_native(c, p, n);
     if (!c->busy && verdict != SKIP)
@@ -907,16 +974,24 @@ static int hold_command(void) {
     return 0;
 }
 
-static void run_hold(void) {
+/* Opens every connection, says so ({"phase":"ready","open","seconds"}) and watches stdin; 0 (the
+ * result already reported) when they could not all be opened. */
+static int open_then_watch_stdin(void) {
     double t0 = now();
-    answer_closes = 1;
     if (!open_all()) {
         emit_result("");
-        return;
+        return 0;
     }
     emit("{\"phase\":\"ready\",\"open\":%d,\"seconds\":%.3f}\n", ready_count, now() - t0);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
+    return 1;
+}
+
+static void run_hold(void) {
+    answer_closes = 1;
+    if (!open_then_watch_stdin())
+        return;
     on_stdin = hold_command;
     loop_until(all_closed, now() + 24 * 3600, 1);
     int still = still_open();
@@ -929,6 +1004,29 @@ static void run_hold(void) {
                       closes[i].count);
     snprintf(fields + n, sizeof fields - n, "},");
     emit_result(fields);
+}
+
+static void run_fanout(void) {
+    fanout_mode = 1;
+    if (!open_then_watch_stdin())
+        return;
+    double cpu0 = cpu_seconds(), wall0 = now();
+    loop_until(never, now() + 24 * 3600, 1);
+    double cpu = cpu_seconds() - cpu0, wall = now() - wall0;
+    int still = still_open();
+    close_all();
+    size_t cap = 256 + (size_t)MAX_SEQ * 64, n = 0;
+    char *fields = xrealloc(NULL, cap);
+    n += snprintf(fields + n, cap - n, "\"open\":%d,\"doubled\":%ld,\"clientCpuPct\":%.1f,\"seqs\":[",
+                  still, doubled, 100 * cpu / wall);
+    int listed = 0;
+    for (int seq = 1; seq <= MAX_SEQ; seq++)
+        if (arrivals[seq].count)
+            n += snprintf(fields + n, cap - n, "%s[%d,%d,%.6f,%.6f]", listed++ ? "," : "", seq,
+                          arrivals[seq].count, arrivals[seq].first, arrivals[seq].last);
+    snprintf(fields + n, cap - n, "],");
+    emit_result(fields);
+    free(fields);
 }
 
 static void load_tokens(const char *path) {
@@ -1000,6 +1098,8 @@ int main(int argc, char **argv) {
         run_idle();
     else if (!strcmp(opt.mode, "hold"))
         run_hold();
+    else if (!strcmp(opt.mode, "fanout"))
+        run_fanout();
     else {
         fprintf(stderr, "unknown mode %s\n", opt.mode);
         return 2;

@@ -54,6 +54,20 @@ def prepare(server_url: str, database: str, sizes: dict[str, int], directory: Pa
     ``server_url`` names any database on the server (``postgresql://user@host:port/db``); each
     session belongs to a distinct logged-in user and expires in a day.
     """
+    return TokenPools(**token_files(server_url, database, sizes, directory))
+
+
+def token_files(
+    server_url: str,
+    database: str,
+    sizes: dict[str, int],
+    directory: Path,
+    *,
+    user_id: int | None = None,
+) -> dict[str, Path]:
+    """:func:`prepare` for any pools: the token file of each, by name. With ``user_id``, every
+    session belongs to that one user (all of them in its ``user:<id>`` room), else each to a
+    user of its own."""
     if shutil.which("psql") is None:
         raise RuntimeError("psql is not installed (Debian: apt-get install postgresql-client)")
     exists = _psql(server_url, f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
@@ -63,8 +77,8 @@ def prepare(server_url: str, database: str, sizes: dict[str, int], directory: Pa
         name: [secrets.token_urlsafe(32) for _ in range(size)] for name, size in sizes.items()
     }
     rows = "\n".join(
-        f"{token}\t{user_id}"
-        for user_id, token in enumerate((t for pool in pools.values() for t in pool), start=1)
+        f"{token}\t{user_id or number}"
+        for number, token in enumerate((t for pool in pools.values() for t in pool), start=1)
     )
     _psql(
         database_url(server_url, database),
@@ -80,7 +94,7 @@ def prepare(server_url: str, database: str, sizes: dict[str, int], directory: Pa
     for name, tokens in pools.items():
         files[name] = directory / f"tokens-{name}.txt"
         files[name].write_text("\n".join(tokens) + "\n")
-    return TokenPools(**files)
+    return files
 
 
 def database_url(server_url: str, database: str) -> str:

@@ -45,6 +45,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_run(count: int, avoid: set[int]) -> int:
+    """A port ``p`` such that ``p`` to ``p + count - 1`` are free on 127.0.0.1 and none is in
+    ``avoid`` (ports chosen already but not yet bound)."""
+    while True:
+        base = free_port()
+        wanted = set(range(base, base + count))
+        if wanted & avoid:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in sorted(wanted):
+                    held.enter_context(socket.create_server(("127.0.0.1", port)))
+            except OSError:
+                continue
+        return base
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` (VmRSS), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -55,10 +72,15 @@ def rss_kib(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time ``pid`` has used so far."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time ``pid`` has used so far, apart."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # Fields after the parenthesised command name, which may itself contain spaces.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
 
 
 class Processes:
@@ -99,12 +121,16 @@ class Processes:
         self._running.append(proc)
         return proc
 
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM, then SIGKILL after a grace period; forget the process."""
+    def stop(self, proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; forget the process.
+
+        A supervisor (``yektaws serve --workers N``) needs a grace longer than its workers'
+        drain: SIGKILL would leave the workers running without it.
+        """
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(STOP_GRACE_SECONDS)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -114,9 +140,9 @@ class Processes:
         if proc in self._running:
             self._running.remove(proc)
 
-    def stop_all(self) -> None:
+    def stop_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         for proc in list(reversed(self._running)):
-            self.stop(proc)
+            self.stop(proc, grace)
 
     @contextlib.contextmanager
     def running(

@@ -61,11 +61,11 @@ def _node_peer(script: str) -> Callable[[Tools, int], list[str]]:
     return lambda tools, port: [tools.node, str(PEERS / script), str(port)]
 
 
-def _yektaws(tools: Tools, port: int) -> list[str]:
+def yektaws_command(tools: Tools, port: int) -> list[str]:
     return [str(tools.python), "-m", "yektaws", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def _yektaws_environment(tools: Tools) -> dict[str, str]:
+def yektaws_environment(tools: Tools) -> dict[str, str]:
     return {
         "PYTHONPATH": str(tools.yektaws_source),
         "DATABASE_URL": tools.database_url,
@@ -132,9 +132,9 @@ ROWS = (
         "native",
         "yektaws",
         True,
-        _yektaws,
+        yektaws_command,
         unavailable=_yektaws_missing,
-        environment=_yektaws_environment,
+        environment=yektaws_environment,
     ),
     Row(
         "yektaws-socketio",
@@ -142,9 +142,9 @@ ROWS = (
         "sio",
         "yektaws",
         True,
-        _yektaws,
+        yektaws_command,
         unavailable=_yektaws_missing,
-        environment=_yektaws_environment,
+        environment=yektaws_environment,
     ),
 )
 

@@ -116,6 +116,16 @@ class DirectSendQueue:
             # websocket too, or a dead peer's reader would wait forever.
             self._close_after_flush = True
 
+    def put_frame(self, frame: bytes) -> bool:
+        """Queue a text frame built once for many sockets (an event to a room), in order with
+        the packets put; False with permessage-deflate, where each socket's frames are its own
+        (:meth:`put` the packet then)."""
+        if self._ws.compress:
+            return False
+        if not (self._ended or self.transport.is_closing()):
+            self._add(frame)
+        return True
+
     def send_now(self, texts: list[bytes]) -> None:
         """Send Engine.IO text packets already encoded (UTF-8) in one write, now.
 

@@ -37,7 +37,7 @@ from aiohttp.http_websocket import WSMessage
 
 from yektaws.admission import Rejection
 from yektaws.auth import NATIVE_SUBPROTOCOL, native_credentials
-from yektaws.connection import CloseReason, Connection
+from yektaws.connection import CloseReason, Connection, Encoder
 from yektaws.dispatcher import LATER, Dispatcher, Reply
 from yektaws.forwarded import client_view
 from yektaws.guards import GuardedWebSocketResponse
@@ -96,6 +96,18 @@ def encode_frame(
     if frame_id is None:
         return orjson.dumps({"event": event, "data": data})
     return orjson.dumps({"event": event, "data": data, "id": frame_id})
+
+
+def _event_payload(event: str, data: Any, position: str | None) -> bytes:
+    """An event's frame payload (:func:`encode_frame`), the encoder of compressed connections:
+    aiohttp's writer frames and compresses it per connection."""
+    return encode_frame(event, data, position=position)
+
+
+def _event_frame(event: str, data: Any, position: str | None) -> bytes:
+    """An event's whole text frame, the encoder of connections without compression: built once,
+    written as it is to every such connection an emit reaches."""
+    return text_frame(encode_frame(event, data, position=position))
 
 
 def resume_request(request: web.BaseRequest) -> tuple[bool, ResumeRequest | None]:
@@ -168,9 +180,15 @@ class NativeConnection(Connection):
             self._native.read_queued(self, self._ws)
         )
 
-    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
-        # Only recoverable connections are given positions (a recovery link exists).
-        await self.send_raw(encode_frame(event, data, position=position))
+    @property
+    def encoder(self) -> Encoder:
+        return _event_payload if self._ws.compress else _event_frame
+
+    async def _send_encoded(self, payload: bytes) -> None:
+        if self._ws.compress:
+            await self.send_raw(payload)
+        elif self._has_room(len(payload)):
+            self._transport.write(payload)  # a whole frame already (_event_frame)
 
     async def reply(self, reply: Reply, frame_id: str | int | None) -> None:
         """Send the direct answer to a frame, carrying the frame's ``id`` when it had one."""

@@ -30,6 +30,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,7 +41,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from yektaws.admission import Rejection
 from yektaws.auth import socketio_token
-from yektaws.connection import CloseReason, Connection
+from yektaws.connection import CloseReason, Connection, Encoder
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import client_view
 from yektaws.logging import get_logger
@@ -53,6 +54,7 @@ from yektaws.transports.engineio_ws import (
     websocket_driver,
 )
 from yektaws.transports.socketio_inline import InlineEvents, encode_event
+from yektaws.wsframe import text_frame
 
 if TYPE_CHECKING:
     from yektaws.gateway import Gateway
@@ -145,6 +147,43 @@ class _Packet(sio_packet.Packet):
         return encoded + self._json
 
 
+class _EventPacket:
+    """One Socket.IO EVENT packet, encoded once for every connection of a namespace it goes to.
+
+    ``parts`` is what python-engineio is given to send (the packet text; with binary attachments,
+    the attachments after it); :meth:`frame` the websocket frame an upgraded socket is written
+    directly, built on first use.
+    """
+
+    __slots__ = ("_frame", "parts")
+
+    def __init__(self, encoded: str | list[str | bytes]) -> None:
+        self.parts: list[str | bytes] = [encoded] if isinstance(encoded, str) else encoded
+        self._frame: bytes | None = None
+
+    def frame(self) -> bytes | None:
+        """The Engine.IO MESSAGE of the packet as one text frame; None with attachments."""
+        if self._frame is None and len(self.parts) == 1 and isinstance(self.parts[0], str):
+            self._frame = text_frame(b"4" + self.parts[0].encode())
+        return self._frame
+
+
+@dataclass(frozen=True, slots=True)
+class _EventEncoder:
+    """The encoder of a namespace's connections: equal for one namespace, so an emit to a room
+    encodes its packet once per namespace (and position) whatever the number of members."""
+
+    namespace: str
+
+    def __call__(self, event: str, data: Any, position: str | None) -> _EventPacket:
+        # A recoverable event carries its position as a last argument, where socket.io-client
+        # (4.6+) reads the offset it presents when it reconnects.
+        arguments = [event, data] if position is None else [event, data, position]
+        return _EventPacket(
+            _Packet(sio_packet.EVENT, data=arguments, namespace=self.namespace).encode()
+        )
+
+
 class _Server(socketio.AsyncServer):
     """python-socketio's server, with the namespace CONNECT handed to the transport."""
 
@@ -181,20 +220,27 @@ class SocketIOConnection(Connection):
         socket = self._server.eio.sockets.get(self.eio_sid)
         return "websocket" if socket is not None and socket.upgraded else "polling"
 
-    async def _send_event(self, event: str, data: Any, position: str | None) -> None:
+    @property
+    def encoder(self) -> Encoder:
+        return _EventEncoder(self.namespace)
+
+    async def _send_encoded(self, payload: _EventPacket) -> None:
         socket = self._server.eio.sockets.get(self.eio_sid)
         if socket is None or socket.closed:
             return
-        if self._backlog(socket.queue) > self._max_outbound:
+        queue = socket.queue
+        if self._backlog(queue) > self._max_outbound:
             await self.close(CloseReason.TOO_SLOW)
             return
-        # Encoded here and handed to Engine.IO directly: AsyncServer.emit would look the client up
-        # in its rooms and start a task per recipient, for one recipient we already know.
-        # A recoverable event carries its position as a last argument, where socket.io-client
-        # (4.6+) reads the offset it presents when it reconnects.
-        arguments = [event, data] if position is None else [event, data, position]
-        encoded = _Packet(sio_packet.EVENT, data=arguments, namespace=self.namespace).encode()
-        await self._server.eio.send(self.eio_sid, encoded)
+        # Handed to Engine.IO directly: AsyncServer.emit would look the client up in its rooms
+        # and start a task per recipient, for one recipient we already know. An upgraded
+        # websocket without compression takes the frame itself, as the inline path's replies
+        # do: the same bytes for every socket, no packet object, no coroutine of Engine.IO's.
+        frame = payload.frame() if isinstance(queue, DirectSendQueue) else None
+        if frame is not None and queue.put_frame(frame):
+            return
+        for part in payload.parts:
+            await self._server.eio.send(self.eio_sid, part)
 
     def event_now(self, queue: DirectSendQueue, event: str, data: Any) -> bytes | None:
         """:meth:`emit` on an upgraded websocket whose packets go out through ``queue``, for the
