@@ -1,4 +1,5 @@
-"""Native sockets leave aiohttp's request machinery after the handshake (yektaws.wsdetach).
+"""WebSockets leave aiohttp's request machinery after the handshake (yektaws.wsdetach): native
+ones, and Socket.IO's upgraded ones.
 
 What a user would notice if it broke: memory per idle connection (aiohttp's handler, parser and
 parsed request, ~10 KB, kept for the life of every socket, or left in reference cycles that an
@@ -93,4 +94,49 @@ async def test_idle_native_connections_keep_no_http_request_alive(
     log = gateway.log_text()
     codes = [json.loads(line).get("code") for line in log.splitlines() if '"disconnect"' in line]
     assert codes == [1000] * IDLE  # each released once, with the client's close code
+    assert "Traceback" not in log
+
+
+async def test_idle_socketio_websockets_keep_no_http_request_alive(
+    probed: tuple[Gateway, str], make_token
+) -> None:
+    gateway, probe = probed
+    token = make_token(user_id=8, logged_in=True).encode()
+    sockets = []
+    try:
+        for _ in range(IDLE):
+            ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+            assert (await ws.read_frame())[1].startswith(b"0{")
+            await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token))
+            assert (await ws.read_frame())[1].startswith(b'40{"sid"')
+            assert (await ws.read_frame())[1].startswith(b'42["connected"')
+            sockets.append(ws)
+        await asyncio.sleep(HEADER_DEADLINE + 0.5)
+
+        live = ask(probe, "live", *REQUEST_MACHINERY)["live"]
+        assert all(count < 5 for count in live.values()), live
+
+        # Detached, each still acknowledges its events (read inline), and a packet that must
+        # wait for a task (an Engine.IO ping answer is not one: a CLOSE is) still ends it.
+        for number, ws in enumerate(sockets):
+            await ws.send(frame(OP_TEXT, b'42%d["echo",%d]' % (number, number)))
+        for number, ws in enumerate(sockets):
+            frames = []
+            while not frames or not frames[-1].startswith(b"43%d[" % number):  # up to the ack
+                _, payload = await ws.read_frame()
+                if payload == b"2":  # a server ping on the way: answered as a client does
+                    await ws.send(frame(OP_TEXT, b"3"))
+                else:
+                    frames.append(payload)
+            assert frames[0].startswith(b'42["echo_response",{"received":%d,' % number), frames
+        for ws in sockets:
+            await ws.send(frame(OP_TEXT, b"1"))  # Engine.IO CLOSE
+        codes = {await ws.close_code() for ws in sockets}  # the server's close frame
+        assert codes == {1000}, codes
+    finally:
+        for ws in sockets:
+            await ws.close()
+    await asyncio.sleep(0.5)
+    log = gateway.log_text()
+    assert log.count('"disconnect"') == IDLE
     assert "Traceback" not in log

@@ -39,6 +39,7 @@ __all__ = [
     "Authenticator",
     "NativeCredentials",
     "native_credentials",
+    "socketio_handshake_token",
     "socketio_token",
     "token_digest",
 ]
@@ -97,13 +98,20 @@ def native_credentials(request: web.BaseRequest) -> NativeCredentials:
     return NativeCredentials(None, via_subprotocol=False)
 
 
-def socketio_token(auth: Any, request: web.BaseRequest) -> str | None:
-    """Read the token of a Socket.IO CONNECT (CONTRACT section 2 order)."""
+def socketio_handshake_token(request: web.BaseRequest) -> str | None:
+    """The token an Engine.IO handshake request carries (query, then ``Authorization``): read
+    when the session opens, used by its CONNECTs that bring none (:func:`socketio_token`)."""
+    return request.query.get("token") or _bearer(request.headers.get("Authorization"))
+
+
+def socketio_token(auth: Any, handshake_token: str | None) -> str | None:
+    """Read the token of a Socket.IO CONNECT (CONTRACT section 2 order): its ``auth``, then the
+    handshake request's (:func:`socketio_handshake_token`)."""
     if isinstance(auth, dict):
         token = auth.get("token")
         if isinstance(token, str) and token:
             return token
-    return request.query.get("token") or _bearer(request.headers.get("Authorization"))
+    return handshake_token
 
 
 class InvalidToken(Exception):

@@ -11,16 +11,13 @@ one it takes never enters the queue.
 The receiver answers at once or declines: a message it declines (an event whose handler must wait,
 a control frame) is queued as before, and from then on, until the reading task has caught up, every
 later message is queued behind it, so a connection's messages are always handled in order. The
-receiver is removed when something is queued and put back once the reader has caught up:
+receiver is removed when something is queued and put back once the reader has caught up.
 
-- :meth:`InlineQueue.offer` needs no task while nothing waits: the queue calls back (in the
-  parsing callback) when something is queued, and the transport starts a task for it then. The
-  native transport reads this way: an idle native connection has no task at all.
-- :meth:`InlineQueue.receive_with` is the same for a task that lives as long as its connection
-  (Engine.IO's websocket): it waits on one future of the queue's, not in ``receive()``, and
-  calls ``receive()`` (which then returns at once) only when something was queued. aiohttp's
-  ``receive()`` and the reader's ``read()`` are two suspended coroutines, about 2 KiB, on the
-  stack of every idle connection otherwise (tracemalloc, 2000 idle native connections).
+:meth:`InlineQueue.offer` needs no task while nothing waits: the queue calls back (in the
+parsing callback) when something is queued, and the transport starts a task for it then, which
+ends once it has caught up. An idle connection has no task at all: on an idle one, aiohttp's
+``receive()`` and the reader's ``read()`` alone were two suspended coroutines, about 2 KiB
+(tracemalloc, 2000 idle native connections), besides the task's own.
 
 Every limit still holds: the frame guard and aiohttp's reader (message size, UTF-8, control frames,
 the close handshake) run before a message exists, and a connection that is closing is never offered
@@ -31,10 +28,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
-from aiohttp import web
 from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp.http_websocket import WSMessage
 
@@ -105,14 +100,3 @@ class InlineQueue(WebSocketDataQueue):
         if on_queued is not None:
             self.receiver = self._on_queued = None
             on_queued()
-
-    async def receive_with(self, ws: web.WebSocketResponse, receiver: Receiver) -> Any:
-        """``ws.receive()``, with ``receiver`` taking what arrives meanwhile: the next message it
-        declined (or a close, an error), which the caller handles with the receiver removed."""
-        queued = asyncio.get_running_loop().create_future()
-        if self.offer(receiver, partial(queued.set_result, None)):
-            try:
-                await queued
-            finally:
-                self.receiver = self._on_queued = None
-        return await ws.receive()

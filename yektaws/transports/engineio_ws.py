@@ -6,10 +6,12 @@ under a closed-loop echo, that machinery cost more than the Socket.IO protocol i
 is the aiohttp websocket driver python-engineio calls for the transport (``_async['websocket']``),
 and it runs the same session with less:
 
-- the reader awaits aiohttp's ``receive()`` directly and hands MESSAGE packets straight to
-  python-socketio's message handler (other packet types go through the socket as before); once
-  upgraded, the common EVENT packets do not even wait for the reader: they are answered where
-  they were parsed (:mod:`yektaws.transports.socketio_inline`);
+- once upgraded, the websocket leaves aiohttp's request (:mod:`yektaws.wsdetach`; the request is
+  dropped from the session's environ too) and has no task while nothing waits: the common EVENT
+  packets are answered where they were parsed (:mod:`yektaws.transports.socketio_inline`), and
+  what they decline starts a task (:class:`_PacketReader`) that hands MESSAGE packets straight to
+  python-socketio's message handler (other packet types go through the socket as before) and
+  ends once it has caught up;
 - once upgraded, the socket's outgoing queue is replaced by :class:`DirectSendQueue`, which frames
   each packet and writes it at the end of the event-loop turn, several packets in one write: no
   writer task, no queue, no timer.
@@ -225,6 +227,7 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
             # answers them itself and waits on for the next message, inside receive(), where the
             # inline receiver is not installed (see yektaws.wsinline).
             autoping=False,
+            detachable=True,
         )
         self._sock = ws
         try:
@@ -241,11 +244,16 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
                 socket.upgrading = False
                 del _UPGRADES[socket]
                 settled.set()
-        if opened:
-            inline = None if ws.compress or self.inline is None else self.inline(socket, direct)
-            await self._read(socket, ws, transport, inline)
-        else:
+        if not opened:
             await ws.close_within(_CLOSE_TIMEOUT, transport)
+            return ws
+        inline = None if ws.compress or self.inline is None else self.inline(socket, direct)
+        # From here the websocket outlives this request (yektaws.wsdetach), and the request is
+        # no longer needed: python-socketio keeps the environ of a websocket-only session, which
+        # would keep the request, its headers and its handler alive with it.
+        ws.detach(request)
+        environ.pop("aiohttp.request", None)
+        _PacketReader(self.server, socket, ws, transport, inline).start()
         return ws
 
     async def _open(
@@ -271,49 +279,98 @@ class EngineIOWebSocket(engineio_aiohttp.WebSocket):
         direct.adopt(polling_queue)
         return True
 
-    async def _read(
+
+class _PacketReader:
+    """Reads a detached Engine.IO websocket: inline while nothing waits, with a task otherwise.
+
+    Packets the inline receiver declines (and, with compression, all of them) are handled in
+    order by a task that ends once nothing is queued; at the websocket's end the session is
+    closed as python-engineio's own reader closes it.
+    """
+
+    __slots__ = ("_inline", "_on_message", "_server", "_socket", "_transport", "_ws", "task")
+
+    def __init__(
         self,
+        server: Any,
         socket: Any,
         ws: GuardedWebSocketResponse,
         transport: asyncio.Transport,
         inline: Receiver | None,
     ) -> None:
-        server = self.server
-        on_message = server.handlers.get("message")
+        self._server = server
+        self._socket = socket
+        self._ws = ws
+        self._transport = transport
+        self._inline = inline
+        self._on_message = server.handlers.get("message")
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if not self._offer():
+            self._read_later()
+
+    def _offer(self) -> bool:
+        if self._inline is None:
+            return False
+        return self._ws.inline_queue.offer(self._inline, self._read_later)
+
+    def _read_later(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._read_queued())
+
+    async def _read_queued(self) -> None:
+        ws = self._ws
+        ended = True
         try:
             while True:
-                pkt = await _next_packet(ws, inline)
-                if pkt is None:
-                    break
-                if socket.closed:
-                    continue  # closing: read on until the client's close frame, answer nothing
-                try:
-                    if pkt.packet_type == eio_packet.MESSAGE and on_message is not None:
-                        await on_message(socket.sid, pkt.data)
-                    else:
-                        await socket.receive(pkt)
-                except eio_exceptions.UnknownPacketError:
-                    pass
-                except eio_exceptions.SocketIsClosedError:
-                    break
-                except Exception:
-                    # As python-engineio does: a faulty packet must not end the session.
-                    log.exception("engineio_receive_failed", sid=socket.sid)
+                message = await ws.receive()
+                kind = message.type
+                if kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
+                    if not await self._handle(message.data):
+                        break
+                elif kind is WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif kind is not WSMsgType.PONG:
+                    break  # closing or closed
+                if self._offer():
+                    ended = False  # read inline again until something is queued
+                    return
         finally:
-            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-            await ws.close_within(_CLOSE_TIMEOUT, transport)
+            self.task = None
+            if ended:
+                reason = self._server.reason.TRANSPORT_CLOSE
+                await self._socket.close(wait=False, abort=True, reason=reason)
+                await ws.close_within(_CLOSE_TIMEOUT, self._transport)
+
+    async def _handle(self, data: str | bytes) -> bool:
+        """Handle one Engine.IO packet; False once the session is closed under it."""
+        socket = self._socket
+        if socket.closed:
+            return True  # closing: read on until the client's close frame, answer nothing
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:
+            return True  # undecodable: ignored, as python-engineio ignores unknown packets
+        try:
+            if pkt.packet_type == eio_packet.MESSAGE and self._on_message is not None:
+                await self._on_message(socket.sid, pkt.data)
+            else:
+                await socket.receive(pkt)
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            # As python-engineio does: a faulty packet must not end the session.
+            log.exception("engineio_receive_failed", sid=socket.sid)
+        return True
 
 
-async def _next_packet(
-    ws: GuardedWebSocketResponse, inline: Receiver | None = None
-) -> eio_packet.Packet | None:
-    """The next Engine.IO packet from ``ws`` (that ``inline`` declined), or None once it is
-    closing or closed."""
+async def _next_packet(ws: GuardedWebSocketResponse) -> eio_packet.Packet | None:
+    """The next Engine.IO packet from ``ws`` during the upgrade, or None once it is closing or
+    closed."""
     while True:
-        if inline is None:
-            message = await ws.receive()
-        else:
-            message = await ws.inline_queue.receive_with(ws, inline)
+        message = await ws.receive()
         if message.type is WSMsgType.TEXT or message.type is WSMsgType.BINARY:
             try:
                 return eio_packet.Packet(encoded_packet=message.data)

@@ -40,10 +40,10 @@ from socketio import packet as sio_packet
 from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 
 from yektaws.admission import Rejection
-from yektaws.auth import socketio_token
+from yektaws.auth import socketio_handshake_token, socketio_token
 from yektaws.connection import CloseReason, Connection, Encoder
 from yektaws.dispatcher import ErrorCode
-from yektaws.forwarded import client_view
+from yektaws.forwarded import ClientView, client_view
 from yektaws.logging import get_logger
 from yektaws.recovery import ResumeRequest
 from yektaws.transports.engineio_guards import EngineIOGuards
@@ -73,6 +73,17 @@ _REFUSED_SESSION_GRACE = 1.0
 
 # Closes after which the client should come back (to another node): not its own fault.
 _RECONNECT_ELSEWHERE = frozenset({CloseReason.GOING_AWAY, CloseReason.TOO_SLOW})
+
+# The environ key (python-socketio keeps each session's environ) of what its CONNECTs need.
+_HANDSHAKE = "yektaws.handshake"
+
+
+@dataclass(frozen=True, slots=True)
+class _Handshake:
+    """What an Engine.IO session's handshake request told: who the client is, its token."""
+
+    client: ClientView
+    token: str | None
 
 
 class _QuietLogger:
@@ -378,11 +389,11 @@ class SocketIOTransport:
         environ = server.environ.get(eio_sid)
         if environ is None:  # the Engine.IO session ended meanwhile
             return
-        request: web.Request = environ["aiohttp.request"]
-        client = client_view(request, self._trusted)
+        handshake: _Handshake = environ[_HANDSHAKE]
+        client = handshake.client
         try:
             session = await gateway.admission.admit(
-                token=socketio_token(auth, request), peer=client.address
+                token=socketio_token(auth, handshake.token), peer=client.address
             )
         except Rejection as rejection:
             refusal = rejection.refusal
@@ -499,6 +510,12 @@ class SocketIOTransport:
         socketio_message = eio.handlers["message"]
 
         async def on_engineio_connect(eio_sid: str, environ: dict[str, Any]) -> Any:
+            # What the session's CONNECTs need of the handshake request, read now: the websocket
+            # driver drops the request from the environ once upgraded (see engineio_ws).
+            request: web.Request = environ["aiohttp.request"]
+            environ[_HANDSHAKE] = _Handshake(
+                client_view(request, self._trusted), socketio_handshake_token(request)
+            )
             result = await socketio_connect(eio_sid, environ)
             asyncio.get_running_loop().call_later(
                 self._connect_timeout, self._close_if_unjoined, eio_sid
