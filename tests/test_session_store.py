@@ -101,3 +101,29 @@ def test_an_embedded_store_left_open_does_not_keep_the_process_alive(tmp_path) -
     done = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "opened\n"
+
+
+async def test_the_embedded_store_sees_sessions_created_elsewhere_after_a_health_check(
+    tmp_path,
+) -> None:
+    # aiosqlite's worker thread keeps the last result alive until the next call has run: a read
+    # left unfinished (a health check's "SELECT 1 ... LIMIT 1") kept its transaction open
+    # through the next lookup, which then read the old snapshot and refused a session that
+    # `yektaws sessions create` (another process) had just written. Seen as a flaky 401.
+    from yektaws.sessions.embedded import EmbeddedStore
+    from yektaws.settings import load_settings
+
+    settings = load_settings({"EMBEDDED_DB_PATH": str(tmp_path / "s.db")}, dotenv=None)
+    gateway_store, cli_store = EmbeddedStore(settings), EmbeddedStore(settings)
+    await gateway_store.open()
+    await cli_store.open()
+    try:
+        await cli_store.create(user_id=1, logged_in=True, ttl_seconds=60)  # a row to find
+        for check in (gateway_store.ping, lambda: gateway_store.valid_tokens(["x"])):
+            await check()
+            created = await cli_store.create(user_id=2, logged_in=True, ttl_seconds=60)
+            found = await gateway_store.lookup_many([created])
+            assert created in found, check
+    finally:
+        await gateway_store.close()
+        await cli_store.close()

@@ -51,7 +51,7 @@ class EmbeddedStore:
             # process closing the database (`yektaws sessions create`) leaves the -wal and -shm
             # files in place instead of removing them as the last user, and lookups go on
             # working when the disk fills up (re-creating the index needs space).
-            await self._db.execute("SELECT 1 FROM sessions LIMIT 1")
+            await self._db.execute_fetchall("SELECT 1 FROM sessions LIMIT 1")
         except sqlite3.Error as exc:
             # Opened but unusable (a full disk refuses the WAL switch): closed here, since no
             # shutdown follows a start that failed.
@@ -90,31 +90,37 @@ class EmbeddedStore:
         if not tokens:
             return {}
         marks = ",".join("?" * len(tokens))
-        async with self._connection() as db:
-            cursor = await db.execute(
-                "SELECT token, user_id, is_logged_in FROM sessions "
-                f"WHERE token IN ({marks}) AND expires_at > {_NOW}",
-                tokens,
-            )
-            rows = await cursor.fetchall()
+        rows = await self._read(
+            "SELECT token, user_id, is_logged_in FROM sessions "
+            f"WHERE token IN ({marks}) AND expires_at > {_NOW}",
+            tokens,
+        )
         return {row[0]: Session.from_row(*row) for row in rows}
 
     async def valid_tokens(self, tokens: list[str]) -> set[str]:
         if not tokens:
             return set()
         marks = ",".join("?" * len(tokens))
-        async with self._connection() as db:
-            cursor = await db.execute(
-                f"SELECT token FROM sessions WHERE token IN ({marks}) AND expires_at > {_NOW}",
-                tokens,
-            )
-            return {row[0] for row in await cursor.fetchall()}
+        rows = await self._read(
+            f"SELECT token FROM sessions WHERE token IN ({marks}) AND expires_at > {_NOW}", tokens
+        )
+        return {row[0] for row in rows}
 
     async def ping(self) -> None:
         # Reads the table, not only the connection: on a full disk SQLite may be unable to read
         # it (the WAL index cannot be created), and /ready must say so.
+        await self._read("SELECT 1 FROM sessions LIMIT 1", ())
+
+    async def _read(self, sql: str, parameters: Sequence[Any]) -> list[sqlite3.Row]:
+        """Every row of one query, read to the end on aiosqlite's thread.
+
+        Never a cursor left for later: aiosqlite's thread keeps its last result alive until the
+        next call has run, and an unfinished statement keeps its read transaction open, so the
+        next query would read that old snapshot (a session another process had just created was
+        refused as unknown).
+        """
         async with self._connection() as db:
-            await db.execute("SELECT 1 FROM sessions LIMIT 1")
+            return list(await db.execute_fetchall(sql, parameters))
 
     async def touch(self, tokens: list[str]) -> None:
         if not tokens:
