@@ -26,7 +26,7 @@ from yektaws.handlers import AIChat, build_dispatcher
 from yektaws.handlers.ai import CANCEL_SIGNAL
 from yektaws.http import GATEWAY_KEY, add_routes, json_errors
 from yektaws.metrics import Metrics
-from yektaws.middleware import upgrade_middleware
+from yektaws.middleware import route_socketio_paths, upgrade_middleware
 from yektaws.recheck import SessionRechecker
 from yektaws.recovery import (
     MemoryStates,
@@ -98,6 +98,7 @@ def create_app(
         batch=settings.session_recheck_batch,
     )
     add_routes(app, settings.websocket_path)
+    route_socketio_paths(app.router, socketio.handle)
     app.on_startup.append(_start)
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_stop)

@@ -8,6 +8,7 @@ that is not itself a trusted proxy (the left-most is whatever the client claims)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +33,16 @@ class ClientView:
         return "wss" if self.scheme == "https" else "ws"
 
 
+# Parsing an address is the dearest step here (ipaddress is pure Python), and the same few
+# addresses come back all the time: the proxies', and each client's on every reconnect.
+_parse_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
+
+
 def _trusted(address: str | None, networks: Sequence[Network]) -> bool:
-    if not address:
+    if not address or not networks:
         return False
     try:
-        ip = ipaddress.ip_address(address)
+        ip = _parse_address(address)
     except ValueError:
         return False
     return any(ip in network for network in networks)

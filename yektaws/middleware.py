@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["RequestKind", "classify", "upgrade_middleware"]
+__all__ = ["RequestKind", "classify", "route_socketio_paths", "upgrade_middleware"]
 
 SOCKETIO_PREFIX = "/socket.io/"
 
@@ -56,3 +56,16 @@ def upgrade_middleware(
         return await handler(request)
 
     return middleware
+
+
+def route_socketio_paths(router: web.UrlDispatcher, socketio: Endpoint) -> None:
+    """Give the paths :func:`classify` reads as Socket.IO a route of their own.
+
+    aiohttp resolves the route before any middleware runs, and a path without one costs an
+    ``HTTPNotFound`` built per request (its text body and headers included): measured, that was
+    the dearest single step of a Socket.IO handshake's routing. The middleware answers these
+    requests before the route's handler is reached; the handler is the Socket.IO endpoint all
+    the same, so that the router's table says where they go.
+    """
+    for path in (SOCKETIO_PREFIX[:-1], SOCKETIO_PREFIX + "{tail:.*}"):
+        router.add_route("*", path, socketio)
