@@ -28,6 +28,8 @@ IDLE = 200
 HEADER_DEADLINE = 1.0
 #: aiohttp objects of one HTTP request; a detached socket keeps none of them.
 REQUEST_MACHINERY = ("RequestHandler", "HttpRequestParser", "Request")
+#: What one Socket.IO websocket is made of, from the Engine.IO session to the TCP transport.
+SOCKET_MACHINERY = ("AsyncSocket", "GuardedWebSocketResponse", "DirectSendQueue", "TCPTransport")
 
 
 def ask(path: str, *command: str) -> dict:
@@ -95,6 +97,59 @@ async def test_idle_native_connections_keep_no_http_request_alive(
     codes = [json.loads(line).get("code") for line in log.splitlines() if '"disconnect"' in line]
     assert codes == [1000] * IDLE  # each released once, with the client's close code
     assert "Traceback" not in log
+
+
+async def end_half_lost(connections: list[RawConnection], goodbye: bytes) -> None:
+    """End every other connection as a lost one (a reset), the rest with ``goodbye`` and a FIN."""
+    for number, ws in enumerate(connections):
+        if number % 2:
+            ws.abort()  # the way a mobile client's connection ends
+        else:
+            await ws.send(goodbye)
+            await ws.close()
+
+
+async def test_ended_socketio_sessions_are_freed_at_once(probed: tuple[Gateway, str], make_token):
+    # python-engineio keeps an ended session in its table until a sweep that passes once per
+    # pingTimeout (20 s), and the ping schedule held each socket until its next ping (25 s):
+    # in a reconnect storm every ended connection, transport and websocket included, stayed in
+    # memory that long (and made each full collection slower). Now they go when they end.
+    gateway, probe = probed
+    token = make_token(user_id=9, logged_in=True).encode()
+    sockets = []
+    for _ in range(IDLE):
+        ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+        assert (await ws.read_frame())[1].startswith(b"0{")
+        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token))
+        assert (await ws.read_frame())[1].startswith(b'40{"sid"')
+        sockets.append(ws)
+    before = ask(probe, "live", *SOCKET_MACHINERY)["live"]
+    assert before["AsyncSocket"] >= IDLE, before  # the probe counts what it should
+    await end_half_lost(sockets, frame(OP_TEXT, b"1"))  # an Engine.IO CLOSE
+    await asyncio.sleep(1.0)
+    live = ask(probe, "live", *SOCKET_MACHINERY)["live"]
+    assert all(count < 5 for count in live.values()), live
+    assert gateway.log_text().count('"disconnect"') == IDLE
+
+
+async def test_ended_native_connections_are_freed_at_once(probed: tuple[Gateway, str], make_token):
+    # A lost connection left aiohttp's exception (and its traceback, which holds the response)
+    # and the detached protocol's reader in reference cycles: freed only by a full collection,
+    # which an idle server seldom runs.
+    gateway, probe = probed
+    token = make_token(user_id=10, logged_in=True)
+    connections = []
+    for _ in range(IDLE):
+        ws = await RawConnection.upgraded(gateway.port, f"/ws?token={token}")
+        assert (await ws.read_event())["event"] == "connected"
+        connections.append(ws)
+    machinery = ("GuardedWebSocketResponse", "DetachedProtocol", "TCPTransport")
+    assert ask(probe, "live", *machinery)["live"]["DetachedProtocol"] >= IDLE
+    await end_half_lost(connections, frame(OP_CLOSE, struct.pack("!H", 1000)))
+    await asyncio.sleep(1.0)
+    live = ask(probe, "live", *machinery)["live"]
+    assert all(count < 5 for count in live.values()), live
+    assert gateway.log_text().count('"disconnect"') == IDLE
 
 
 async def test_idle_socketio_websockets_keep_no_http_request_alive(

@@ -6,8 +6,13 @@ long as its delay with every connection. When every deadline is the same ``delay
 start, they fall in the order they were set: a deque of ``(when, item)`` and one timer, which
 handles the deadlines of each ``slack`` seconds together, cost a tuple per connection.
 
-Used for the request-header deadline of every new connection (:mod:`yektaws.guards`) and the
-Engine.IO server pings (:mod:`yektaws.transports.engineio_pings`).
+Used for the request-header deadline of every new connection (:mod:`yektaws.guards`), the
+Engine.IO server pings (:mod:`yektaws.transports.engineio_pings`) and the time an Engine.IO
+session has to join a namespace (:mod:`yektaws.transports.socketio`).
+
+An item is held until it is due, so what it references lives that long: an item that must not
+keep a connection alive is a weak reference or an id (the pings hold weak references to their
+sessions, the namespace deadline holds session ids).
 """
 
 from __future__ import annotations

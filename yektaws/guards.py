@@ -227,7 +227,15 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         if not self._close_sent:
-            return await super().close(code=code, message=message, drain=drain)
+            try:
+                return await super().close(code=code, message=message, drain=drain)
+            finally:
+                # aiohttp keeps what broke the connection (mostly "cannot write to closing
+                # transport": the client left first), and its traceback, and that of the
+                # exception it was raised in, hold the frames of close() and receive() and so
+                # this response: a cycle per lost connection, freed only by a full collection.
+                # The exceptions are kept; their tracebacks nobody reads.
+                _drop_tracebacks(self.exception())
         # Our frame is out: aiohttp calls this when the peer's close frame (or its EOF, or a
         # broken frame) arrives, which completes the handshake; no second close frame is sent.
         if self._peer_closed is not None and not self._peer_closed.done():
@@ -338,6 +346,15 @@ def _kernel_send_queue(transport: asyncio.Transport) -> Callable[[], int]:
         return int.from_bytes(buffer, sys.byteorder)
 
     return outq
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Clear the tracebacks of ``exc`` and of the exceptions it was raised from or in."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
 
 
 def header_deadline_factory(

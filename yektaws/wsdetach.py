@@ -72,8 +72,11 @@ class DetachedProtocol(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)  # wakes a writer waiting to drain
-        if self._reader is not None:
-            self._reader.feed_eof()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            # Let go of the reader: its queue points back at this protocol (flow control), and
+            # the pair would otherwise wait for a full collection instead of going now.
+            reader.feed_eof()
 
 
 def detach(ws: web.WebSocketResponse, request: web.BaseRequest, protocol: DetachedProtocol) -> None:

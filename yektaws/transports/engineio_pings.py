@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from typing import Any
 
 import engineio
@@ -41,12 +42,15 @@ class EngineIOPings:
     """Sends the pings of ``eio``'s sessions from one timer (see the module docstring)."""
 
     def __init__(self, eio: engineio.AsyncServer) -> None:
-        self._due: OrderedDeadlines[Any] = OrderedDeadlines(eio.ping_interval, _ping, slack=_SLACK)
+        self._due: OrderedDeadlines[weakref.ref[Any]] = OrderedDeadlines(
+            eio.ping_interval, _ping, slack=_SLACK
+        )
         start_background_task = eio.start_background_task
 
         def start_unless_ping(target: Any, *args: Any, **kwargs: Any) -> Any:
             if getattr(target, "__func__", None) is AsyncSocket._send_ping:
-                self._due.add(target.__self__)
+                # Weakly: a session that ends is freed at once, not when its ping was due.
+                self._due.add(weakref.ref(target.__self__))
                 return None  # schedule_ping ignores what it would get
             return start_background_task(target, *args, **kwargs)
 
@@ -60,9 +64,10 @@ class EngineIOPings:
         self._due.cancel()
 
 
-def _ping(socket: Any) -> None:
+def _ping(socket_ref: weakref.ref[Any]) -> None:
     """``AsyncSocket._send_ping`` once its sleep is over, without a task."""
-    if socket.closing or socket.closed:
+    socket = socket_ref()
+    if socket is None or socket.closing or socket.closed:
         return
     socket.last_ping = time.time()
     ping = eio_packet.Packet(eio_packet.PING)

@@ -42,6 +42,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketIORefused
 from yektaws.admission import Rejection
 from yektaws.auth import socketio_handshake_token, socketio_token
 from yektaws.connection import CloseReason, Connection, Encoder
+from yektaws.deadlines import OrderedDeadlines
 from yektaws.dispatcher import ErrorCode
 from yektaws.forwarded import ClientView, client_view
 from yektaws.logging import get_logger
@@ -69,6 +70,9 @@ _NOMINAL_PACKET_BYTES = 1024
 
 # Until the refusal packet has gone out, the Engine.IO session of a refused client is kept.
 _REFUSED_SESSION_GRACE = 1.0
+# Engine.IO sessions whose time to join a namespace ends this close together are looked at in the
+# same timer callback.
+_UNJOINED_SLACK = 0.05
 
 
 # Closes after which the client should come back (to another node): not its own fault.
@@ -306,7 +310,11 @@ class SocketIOTransport:
         settings = gateway.settings
         origins = gateway.origins
         self._trusted = settings.trusted_proxies
-        self._connect_timeout = settings.socketio_connect_timeout
+        #: Engine.IO sessions (ids) to close if they have joined no namespace by then: one timer
+        #: for all of them, not a timer per session living SOCKETIO_CONNECT_TIMEOUT.
+        self._unjoined: OrderedDeadlines[str] = OrderedDeadlines(
+            settings.socketio_connect_timeout, self._close_if_unjoined, slack=_UNJOINED_SLACK
+        )
         self._max_outbound = settings.max_outbound_buffer
         self._rate = settings.rate_limit_per_second
         self._burst = settings.rate_limit_burst
@@ -517,9 +525,7 @@ class SocketIOTransport:
                 client_view(request, self._trusted), socketio_handshake_token(request)
             )
             result = await socketio_connect(eio_sid, environ)
-            asyncio.get_running_loop().call_later(
-                self._connect_timeout, self._close_if_unjoined, eio_sid
-            )
+            self._unjoined.add(eio_sid)
             return result
 
         async def on_engineio_message(eio_sid: str, data: Any) -> Any:
@@ -540,6 +546,13 @@ class SocketIOTransport:
                 # python-engineio leaves a waiting long-poll hanging until the ping timeout, and
                 # a ping-timed-out websocket open: both are ended now.
                 release_transport(socket)
+                # It also keeps an ended session in `sockets` until its sweep passes by (one
+                # pass per pingTimeout), and with it the transport, the reader and the
+                # websocket: dropped now, so that a reconnect storm does not hold every ended
+                # connection in memory for 20 s. (Every use of `sockets` allows for a missing
+                # session, which is what a client asking after this one gets: 400.)
+                if eio.sockets.get(eio_sid) is socket:
+                    del eio.sockets[eio_sid]
             return result
 
         eio.on("connect", on_engineio_connect)
@@ -558,4 +571,5 @@ class SocketIOTransport:
 
     async def shutdown(self) -> None:
         self.pings.stop()
+        self._unjoined.cancel()
         await self.server.shutdown()
