@@ -258,7 +258,9 @@ INTERNALS: tuple[Internal, ...] = (
         "engineio.async_server:AsyncServer",
         "sockets",
         _SOCKETIO,
-        "The Engine.IO sessions by sid: a client's transport, backlog and closed state.",
+        "The Engine.IO sessions by sid: a client's transport, backlog and closed state; an "
+        "ended session is deleted from it at once (python-engineio's sweep would keep it, and "
+        "its transport and websocket, for up to pingTimeout).",
         instance=True,
     ),
     Internal(
