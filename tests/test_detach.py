@@ -58,17 +58,36 @@ def probed(database_url: str) -> Iterator[tuple[Gateway, str]]:
     gateway.stop()
 
 
+async def open_native(gateway: Gateway, token: str) -> list[RawConnection]:
+    """:data:`IDLE` native connections with ``token``, each greeted."""
+    connections = []
+    for _ in range(IDLE):
+        ws = await RawConnection.upgraded(gateway.port, f"/ws?token={token}")
+        assert (await ws.read_event())["event"] == "connected"
+        connections.append(ws)
+    return connections
+
+
+async def open_socketio(gateway: Gateway, token: bytes) -> list[RawConnection]:
+    """:data:`IDLE` Socket.IO websockets with ``token``, each in the main namespace and greeted."""
+    sockets = []
+    for _ in range(IDLE):
+        ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
+        assert (await ws.read_frame())[1].startswith(b"0{")
+        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token))
+        assert (await ws.read_frame())[1].startswith(b'40{"sid"')
+        assert (await ws.read_frame())[1].startswith(b'42["connected"')
+        sockets.append(ws)
+    return sockets
+
+
 async def test_idle_native_connections_keep_no_http_request_alive(
     probed: tuple[Gateway, str], make_token
 ) -> None:
     gateway, probe = probed
     token = make_token(user_id=7, logged_in=True)
-    connections = []
+    connections = await open_native(gateway, token)
     try:
-        for _ in range(IDLE):
-            ws = await RawConnection.upgraded(gateway.port, f"/ws?token={token}")
-            assert (await ws.read_event())["event"] == "connected"
-            connections.append(ws)
         await asyncio.sleep(HEADER_DEADLINE + 0.5)
 
         live = ask(probe, "live", *REQUEST_MACHINERY)["live"]
@@ -116,13 +135,7 @@ async def test_ended_socketio_sessions_are_freed_at_once(probed: tuple[Gateway, 
     # memory that long (and made each full collection slower). Now they go when they end.
     gateway, probe = probed
     token = make_token(user_id=9, logged_in=True).encode()
-    sockets = []
-    for _ in range(IDLE):
-        ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
-        assert (await ws.read_frame())[1].startswith(b"0{")
-        await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token))
-        assert (await ws.read_frame())[1].startswith(b'40{"sid"')
-        sockets.append(ws)
+    sockets = await open_socketio(gateway, token)
     before = ask(probe, "live", *SOCKET_MACHINERY)["live"]
     assert before["AsyncSocket"] >= IDLE, before  # the probe counts what it should
     await end_half_lost(sockets, frame(OP_TEXT, b"1"))  # an Engine.IO CLOSE
@@ -138,11 +151,7 @@ async def test_ended_native_connections_are_freed_at_once(probed: tuple[Gateway,
     # which an idle server seldom runs.
     gateway, probe = probed
     token = make_token(user_id=10, logged_in=True)
-    connections = []
-    for _ in range(IDLE):
-        ws = await RawConnection.upgraded(gateway.port, f"/ws?token={token}")
-        assert (await ws.read_event())["event"] == "connected"
-        connections.append(ws)
+    connections = await open_native(gateway, token)
     machinery = ("GuardedWebSocketResponse", "DetachedProtocol", "TCPTransport")
     assert ask(probe, "live", *machinery)["live"]["DetachedProtocol"] >= IDLE
     await end_half_lost(connections, frame(OP_CLOSE, struct.pack("!H", 1000)))
@@ -157,15 +166,8 @@ async def test_idle_socketio_websockets_keep_no_http_request_alive(
 ) -> None:
     gateway, probe = probed
     token = make_token(user_id=8, logged_in=True).encode()
-    sockets = []
+    sockets = await open_socketio(gateway, token)
     try:
-        for _ in range(IDLE):
-            ws = await RawConnection.upgraded(gateway.port, "/socket.io/?EIO=4&transport=websocket")
-            assert (await ws.read_frame())[1].startswith(b"0{")
-            await ws.send(frame(OP_TEXT, b'40{"token":"%s"}' % token))
-            assert (await ws.read_frame())[1].startswith(b'40{"sid"')
-            assert (await ws.read_frame())[1].startswith(b'42["connected"')
-            sockets.append(ws)
         await asyncio.sleep(HEADER_DEADLINE + 0.5)
 
         live = ask(probe, "live", *REQUEST_MACHINERY)["live"]
