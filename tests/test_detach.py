@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -26,6 +27,10 @@ from support.rawws import OP_CLOSE, OP_TEXT, RawConnection, frame
 PROBE = REPO / "bench" / "memory" / "probe.py"
 IDLE = 200
 HEADER_DEADLINE = 1.0
+#: SOCKETIO_CONNECT_TIMEOUT here: an Engine.IO session that joins no namespace ends this soon.
+CONNECT_TIMEOUT = 1.0
+#: What an ended long-polling session's packets wait for a poll (engineio_ws._UNPOLLED_GRACE).
+UNPOLLED_GRACE = 1.0
 #: aiohttp objects of one HTTP request; a detached socket keeps none of them.
 REQUEST_MACHINERY = ("RequestHandler", "HttpRequestParser", "Request")
 #: What one Socket.IO websocket is made of, from the Engine.IO session to the TCP transport.
@@ -52,6 +57,7 @@ def probed(database_url: str) -> Iterator[tuple[Gateway, str]]:
         "MAX_HANDSHAKES_PER_SECOND": "1000",
         # The header deadlines hold each new connection's handler this long (yektaws.guards).
         "HANDSHAKE_TIMEOUT": str(HEADER_DEADLINE),
+        "SOCKETIO_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
     }
     gateway = start_gateway(env, entry=[str(PROBE)])
     yield gateway, probe
@@ -159,6 +165,30 @@ async def test_ended_native_connections_are_freed_at_once(probed: tuple[Gateway,
     live = ask(probe, "live", *machinery)["live"]
     assert all(count < 5 for count in live.values()), live
     assert gateway.log_text().count('"disconnect"') == IDLE
+
+
+async def test_abandoned_polling_sessions_are_freed(probed: tuple[Gateway, str]) -> None:
+    # A client that opens an Engine.IO session over long-polling and is gone before it joins a
+    # namespace (a page closed mid-handshake, a scanner) has its session closed after
+    # SOCKETIO_CONNECT_TIMEOUT. python-engineio's close waited for a poll that would never come:
+    # each such session stayed in memory with its closing task until a full collection, which
+    # destroyed the task and logged an error for it.
+    gateway, probe = probed
+    handshake = f"http://127.0.0.1:{gateway.port}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(IDLE):
+            async with http.get(handshake) as response:
+                assert (await response.text()).startswith("0{")
+    assert ask(probe, "live", "AsyncSocket")["live"]["AsyncSocket"] >= IDLE
+
+    await asyncio.sleep(CONNECT_TIMEOUT + UNPOLLED_GRACE + 0.5)
+
+    assert ask(probe, "live", "AsyncSocket")["live"]["AsyncSocket"] < 5
+    ask(probe, "types")  # a full collection: whatever only a reference cycle held goes now
+    await asyncio.sleep(0.2)
+    log = gateway.log_text()
+    assert "Task was destroyed" not in log
+    assert "Traceback" not in log
 
 
 async def test_idle_socketio_websockets_keep_no_http_request_alive(

@@ -62,6 +62,10 @@ log = get_logger(__name__)
 # answer to it) before its TCP connection is dropped (see GuardedWebSocketResponse.close_within).
 _CLOSE_TIMEOUT = 2.0
 
+# How long the packets of an ended long-polling session wait for the poll that was already
+# waiting to take them (it does within a few event-loop turns) before they are dropped.
+_UNPOLLED_GRACE = 1.0
+
 # A refused second websocket is closed before it may send anything: no message is accepted.
 _DUPLICATE_MAX_MESSAGE = 125
 
@@ -390,13 +394,30 @@ def release_transport(socket: Any) -> None:
     A websocket is closed (python-engineio's ping-timeout close loses its CLOSE packet: its
     ``send`` re-checks the ping deadline and drops the packet, so without this a dead peer's
     websocket stayed open). A long-poll that is waiting gets a NOOP, as Node's server ends it;
-    a CLOSE packet queued behind it travels in the same response.
+    a CLOSE packet queued behind it travels in the same response; after :data:`_UNPOLLED_GRACE`,
+    what no poll took is dropped (:func:`_discard_unpolled`).
     """
     queue = socket.queue
     if isinstance(queue, DirectSendQueue):
         queue.close_soon()
     else:
         queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        asyncio.get_running_loop().call_later(_UNPOLLED_GRACE, _discard_unpolled, queue)
+
+
+def _discard_unpolled(queue: asyncio.Queue[Any]) -> None:
+    """Drop what an ended long-polling session still has queued: no poll will take it.
+
+    python-engineio's ``disconnect()`` queues a CLOSE packet and waits until every queued packet
+    has been polled. The session has left the table by then (see ``on_engineio_disconnect``), so
+    only a poll already waiting can take them, which it does within a few event-loop turns. For a
+    client that was gone (an abandoned handshake, a lost phone) the wait never ended: the task
+    and the session it holds stayed until a full collection destroyed them, logging
+    "Task was destroyed but it is pending!" for each.
+    """
+    while not queue.empty():
+        queue.get_nowait()
+        queue.task_done()
 
 
 async def upgrade_settled(socket: Any, timeout: float) -> None:
