@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import aiohttp
+import pytest
 import socketio
+import structlog
 
 from support.clients import NativeClient, SocketIOClient, connect
 from support.gateway import start_gateway
 from support.handshake import handshake
-from yektaws.logging import mask_secrets, mask_token
+from yektaws.logging import configure_logging, get_logger, mask_secrets, mask_token
 
 
 async def test_no_issued_token_reaches_the_log_even_at_debug(database_url: str, make_token):
@@ -80,3 +83,40 @@ def test_masking_processor_covers_every_place_a_token_hides() -> None:
     assert "pw123456" not in masked
     assert mask_token(token) in masked
     assert mask_token(token) == "***bcde"
+
+
+class _Writes:
+    """A stand-in for stderr that records each write as the descriptor would receive it."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+        self.buffer = self  # the JSON format writes bytes to stderr.buffer
+
+    def write(self, data: str | bytes) -> None:
+        self.writes.append(data.decode() if isinstance(data, bytes) else data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_each_log_line_is_one_write(fmt: str) -> None:
+    # `--workers N` share one stderr: a line written in two pieces (a message, then its newline,
+    # as print() does) can have another worker's line land in between, which breaks both for
+    # whoever reads the log, a JSON parser most of all. One write per line cannot be split.
+    stderr = _Writes()
+    root_handlers = logging.getLogger().handlers[:]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("sys.stderr", stderr)
+            configure_logging("info", fmt)
+            get_logger("yektaws.test").info("own_line", n=1)
+            logging.getLogger("aiohttp.server").warning("library line")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = root_handlers
+    assert len(stderr.writes) == 2, stderr.writes
+    assert all(write.count("\n") == 1 and write.endswith("\n") for write in stderr.writes)

@@ -143,7 +143,9 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         foreign_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     else:
         own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        factory = structlog.PrintLoggerFactory(cast(TextIO, _Unfailing(sys.stderr)))
+        # One write per line (print() writes the newline apart): `--workers N` share stderr, and
+        # another worker's line must not land inside this one.
+        factory = structlog.WriteLoggerFactory(cast(TextIO, _Unfailing(sys.stderr)))
     structlog.configure(
         processors=[*shared, own_renderer],
         logger_factory=factory,
