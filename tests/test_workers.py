@@ -12,10 +12,12 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 import socketio
 
@@ -24,7 +26,7 @@ from support.gateway import REPO, Gateway, children, free_port, free_port_pair, 
 from support.proxies import Nginx, make_self_signed
 from support.rawws import OP_TEXT, frame, upgrade_request
 from support.redis import RedisServer
-from yektaws.workers import STOP_MARGIN
+from yektaws.workers import RESTART_BACKOFF_MIN, STOP_MARGIN
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -62,6 +64,15 @@ def workers_started(gateway: Gateway) -> list[dict[str, object]]:
     return [entry for entry in gateway.logs() if entry.get("event") == "worker_started"]
 
 
+def restarted_worker(gateway: Gateway) -> dict[str, object]:
+    """The ``worker_started`` entry of the first restart (the third start of two workers)."""
+    deadline = time.monotonic() + 10
+    while len(started := workers_started(gateway)) < 3:
+        assert time.monotonic() < deadline, started
+        time.sleep(0.1)
+    return started[2]
+
+
 def test_more_than_one_worker_needs_redis() -> None:
     result = yektaws_serve("--port", str(free_port()), "--workers", "2")
 
@@ -95,9 +106,8 @@ def test_a_crashed_worker_is_restarted_and_sigterm_drains_all(
         assert len(first) == 2
         os.kill(first[0], signal.SIGKILL)
         gateway.wait_for_log("worker_exited", code=-signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while len(started := workers_started(gateway)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        restarted_worker(gateway)
+        started = workers_started(gateway)
         assert [entry["worker"] for entry in started] == [0, 1, 0]
         assert started[-1]["pid"] not in first
         assert sorted(children(gateway.pid)) == sorted([first[1], started[-1]["pid"]])
@@ -108,6 +118,63 @@ def test_a_crashed_worker_is_restarted_and_sigterm_drains_all(
         code = gateway.stop()
     assert code == 0
     assert gateway.wait_for_log("workers_stopped")["exitCodes"] == [0, 0]
+
+
+async def test_new_connections_are_spread_evenly_and_skip_a_worker_that_is_down(
+    database_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    # WebSocket connections last for hours: whichever worker takes a new one keeps it. One
+    # listening socket shared by the workers went mostly to the same one under light load (two
+    # thirds of the handshakes, or all of a test's when the machine was busy).
+    gateway = start_workers(database_url, redis_url, redis_prefix, free_port_pair())
+    handshake = f"{gateway.http_url}/socket.io/?EIO=4&transport=polling"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+
+            async def worker_of_next_session() -> str:
+                """The worker that takes a new Engine.IO session, on a new connection."""
+                async with http.get(handshake) as response:
+                    body = await response.text()
+                return orjson.loads(body[1:])["sid"].split(".")[0]
+
+            spread = Counter([await worker_of_next_session() for _ in range(200)])
+            assert 70 <= spread["w0"] <= 130 and spread["w0"] + spread["w1"] == 200, spread
+
+            os.kill(children(gateway.pid)[0], signal.SIGKILL)
+            await gateway.wait_for_log_async("worker_exited", worker=0)
+            # Until worker 0 is back (RESTART_BACKOFF_MIN), new connections go to worker 1 at
+            # once: none waits in the dead worker's queue for the restart.
+            for _ in range(20):
+                async with asyncio.timeout(RESTART_BACKOFF_MIN * 0.8):
+                    assert await worker_of_next_session() in ("w0", "w1")
+            node = f"{socket.gethostname()}:{restarted_worker(gateway)['pid']}"
+            await gateway.wait_for_log_async("listening", timeout=10, node=node)
+            assert {await worker_of_next_session() for _ in range(40)} == {"w0", "w1"}
+    finally:
+        code = gateway.stop()
+    assert code == 0
+
+
+def test_a_second_gateway_on_the_same_port_is_refused(
+    database_url: str, redis_url: str, redis_prefix: str
+) -> None:
+    # The workers' sockets share the port with SO_REUSEPORT, which another instance of ours
+    # (same user, same option) could join unnoticed, taking half of the new connections.
+    gateway = start_workers(database_url, redis_url, redis_prefix, free_port_pair())
+    try:
+        for workers in ("2", "1"):
+            second = yektaws_serve(
+                "--port",
+                str(gateway.port),
+                "--workers",
+                workers,
+                REDIS_URL=redis_url,
+                WORKER_BASE_PORT=str(free_port_pair()),
+            )
+            assert second.returncode == 1, second.stderr
+            assert f"cannot listen on 127.0.0.1:{gateway.port}" in second.stderr
+    finally:
+        gateway.stop()
 
 
 async def test_polling_clients_keep_their_worker_behind_nginx(
