@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .database import TokenPools
 from .processes import (
@@ -91,7 +93,7 @@ class LoadClient:
         watchdog.start()
         try:
             assert proc.stdout is not None
-            result = None
+            result: dict[str, Any] | None = None
             for line in proc.stdout:
                 report = json.loads(line)
                 if report["phase"] == "result":
@@ -159,7 +161,7 @@ def measure_row(
             _take(
                 out,
                 f"echo{conns}",
-                lambda conns=conns: _echo(client, server.pid, plan, conns, tokens, out),
+                functools.partial(_echo, client, server.pid, plan, conns, tokens, out),
             )
         _take(out, "handshake", lambda: _handshakes(client, plan, tokens, out))
     return out
