@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import select
+import subprocess
+import sys
+from collections.abc import Iterator
 
 import aiohttp
+import orjson
 import pytest
 import socketio
 import structlog
 
 from support.clients import NativeClient, SocketIOClient, connect
-from support.gateway import start_gateway
+from support.gateway import REPO, start_gateway
 from support.handshake import handshake
 from yektaws.logging import configure_logging, get_logger, mask_secrets, mask_token
 
@@ -102,21 +108,66 @@ class _Writes:
         return False
 
 
+@contextlib.contextmanager
+def logging_to(stderr: _Writes, fmt: str) -> Iterator[None]:
+    """Configure the gateway's logging onto ``stderr`` for the block, as ``serve`` does."""
+    root_handlers = logging.getLogger().handlers[:]
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("sys.stderr", stderr)
+            configure_logging("info", fmt)
+            yield
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers[:] = root_handlers
+
+
 @pytest.mark.parametrize("fmt", ["console", "json"])
 def test_each_log_line_is_one_write(fmt: str) -> None:
     # `--workers N` share one stderr: a line written in two pieces (a message, then its newline,
     # as print() does) can have another worker's line land in between, which breaks both for
     # whoever reads the log, a JSON parser most of all. One write per line cannot be split.
     stderr = _Writes()
-    root_handlers = logging.getLogger().handlers[:]
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr("sys.stderr", stderr)
-            configure_logging("info", fmt)
-            get_logger("yektaws.test").info("own_line", n=1)
-            logging.getLogger("aiohttp.server").warning("library line")
-    finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers[:] = root_handlers
+    with logging_to(stderr, fmt):
+        get_logger("yektaws.test").info("own_line", n=1)
+        logging.getLogger("aiohttp.server").warning("library line")
     assert len(stderr.writes) == 2, stderr.writes
     assert all(write.count("\n") == 1 and write.endswith("\n") for write in stderr.writes)
+
+
+async def test_lines_of_one_loop_turn_leave_together_whole_and_in_order() -> None:
+    # A storm logs a line per connect and per disconnect: they leave in a few writes, not one
+    # each, but every write still holds whole lines and fits in one atomic pipe write.
+    stderr = _Writes()
+    with logging_to(stderr, "json"):
+        log = get_logger("yektaws.test")
+        for number in range(100):
+            log.info("connect", n=number)
+            if number == 50:
+                logging.getLogger("aiohttp.server").warning("library line")
+        assert stderr.writes == [] or all(len(w) <= select.PIPE_BUF for w in stderr.writes)
+        await asyncio.sleep(0)  # the end of the turn
+    lines = "".join(stderr.writes).splitlines()
+    assert [orjson.loads(line).get("n") for line in lines] == [*range(51), None, *range(51, 100)]
+    assert 1 < len(stderr.writes) < 20
+    assert all(w.endswith("\n") and len(w) <= select.PIPE_BUF for w in stderr.writes)
+
+
+def test_lines_of_the_last_loop_turn_are_written_at_exit() -> None:
+    program = (
+        "import asyncio, sys\n"
+        "from yektaws.logging import configure_logging, get_logger\n"
+        "configure_logging('info', 'json')\n"
+        "loop = asyncio.new_event_loop()\n"
+        "def last():\n"
+        "    get_logger('t').info('last_words')\n"
+        "    loop.stop()  # the turn that would write the line never comes\n"
+        "loop.call_soon(last)\n"
+        "loop.run_forever()\n"
+        "sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert result.returncode == 3
+    assert orjson.loads(result.stderr.splitlines()[-1])["event"] == "last_words"

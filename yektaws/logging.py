@@ -9,17 +9,21 @@ reduced to ``***`` plus the last four characters, the form the contract allows.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import logging
 import re
+import select
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "mask_secrets", "mask_token"]
+__all__ = ["configure_logging", "flush_logs", "get_logger", "mask_secrets", "mask_token"]
 
 # Field names whose whole value is a secret wherever they appear in an event.
 _SECRET_KEYS = frozenset(
@@ -102,9 +106,22 @@ def _orjson_bytes(obj: Any, default: Any = None) -> bytes:
     return orjson.dumps(obj, default=default or str)
 
 
+#: Most bytes one write of batched lines carries. A write to a pipe of up to PIPE_BUF bytes is
+#: atomic: the lines of workers sharing stderr cannot interleave within it.
+_BATCH_LIMIT = select.PIPE_BUF
+
+
 class _Unfailing:
-    """A log stream whose writes never raise: a closed pipe on stderr (a log collector gone, a
-    ``| head``) must not stop a drain or a shutdown half-way.
+    """The log stream: writes that never raise, and one write for the lines of a loop turn.
+
+    Never raising: a closed pipe on stderr (a log collector gone, a ``| head``) must not stop a
+    drain or a shutdown half-way. One write per event-loop turn: structlog flushes after every
+    line and stderr has no buffer, so each line was a ``write(2)`` of its own, and a handshake
+    storm logs two lines per connection (connect, disconnect). Measured with stderr a pipe (as
+    under systemd's journal), alternating runs of 8,000 native handshakes: server CPU 290 -> 279
+    us per handshake. Lines are kept whole, written before the turn ends, never more than
+    :data:`_BATCH_LIMIT` bytes together; outside an event loop at once. What waits is written at
+    exit, and by :func:`flush_logs` before ``os._exit``; a SIGKILL loses at most one turn's lines.
 
     structlog's logger factories are annotated for a whole file (``BinaryIO``, ``TextIO``) but
     call only ``write`` and ``flush``; hence the casts where one is handed over.
@@ -112,14 +129,68 @@ class _Unfailing:
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self._pending: list[Any] = []
+        self._pending_size = 0
+        self._flush_scheduled = False
+        # Lines may come from another thread (a library's warning): the batch is shared.
+        self._lock = threading.Lock()
 
     def write(self, data: Any) -> None:
+        with self._lock:
+            if self._pending_size + len(data) > _BATCH_LIMIT:
+                self._write_pending()
+            self._pending.append(data)
+            self._pending_size += len(data)
+
+    def flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_now()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            self._write_pending()
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0][:0].join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
         with contextlib.suppress(OSError, ValueError):
             self._stream.write(data)
 
+
+class _Encoding:
+    """A text stream over :class:`_Unfailing` bytes: the standard library's lines join the
+    same batches as structlog's, in the order they were logged."""
+
+    def __init__(self, stream: _Unfailing) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        self._stream.write(text.encode("utf-8", "backslashreplace"))
+
     def flush(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.flush()
+        self._stream.flush()
+
+
+_streams: list[_Unfailing] = []
+
+
+def flush_logs() -> None:
+    """Write out the log lines still waiting for the end of the event-loop turn."""
+    for stream in _streams:
+        stream.flush_now()
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
@@ -137,22 +208,29 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
         mask_secrets,
     ]
     numeric_level = getattr(logging, level.upper())
+    flush_logs()
     if fmt == "json":
+        stream = _Unfailing(sys.stderr.buffer)
         own_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_bytes)
-        factory: Any = structlog.BytesLoggerFactory(cast(BinaryIO, _Unfailing(sys.stderr.buffer)))
+        factory: Any = structlog.BytesLoggerFactory(cast(BinaryIO, stream))
         foreign_renderer: Any = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        foreign_stream: Any = _Encoding(stream)
     else:
+        stream = foreign_stream = _Unfailing(sys.stderr)
         own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         # One write per line (print() writes the newline apart): `--workers N` share stderr, and
         # another worker's line must not land inside this one.
-        factory = structlog.WriteLoggerFactory(cast(TextIO, _Unfailing(sys.stderr)))
+        factory = structlog.WriteLoggerFactory(cast(TextIO, stream))
+    if not _streams:
+        atexit.register(flush_logs)  # the last turn's lines, when the loop is gone before it ends
+    _streams[:] = [stream]
     structlog.configure(
         processors=[*shared, own_renderer],
         logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(foreign_stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],

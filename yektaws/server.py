@@ -36,7 +36,7 @@ from yektaws.app import BUS_KEY, GATEWAY_KEY, create_app
 from yektaws.console.routes import CONSOLE_PATH, create_console_app
 from yektaws.drain import drain
 from yektaws.guards import header_deadline_factory
-from yektaws.logging import get_logger
+from yektaws.logging import flush_logs, get_logger
 from yektaws.sessions import SessionStore, StoreUnavailable
 from yektaws.settings import Settings
 from yektaws.workers import BACKLOG, STOP_MARGIN, WorkerSockets
@@ -126,6 +126,7 @@ async def serve(settings: Settings, worker: WorkerSockets | None = None) -> int:
                 # systemd's process group: cutting a drain short is the supervisor's decision.
                 return
             log.warning("forced_exit", signal=signal.Signals(signum).name)
+            flush_logs()
             os._exit(EXIT_FORCED)
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
