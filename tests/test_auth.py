@@ -15,6 +15,7 @@ from support.database import insert_session, temporary_database
 from support.gateway import Gateway, start_gateway
 from support.handshake import handshake
 from support.postgres import PostgresCluster
+from yektaws.sessions.postgres import FAILURE_HOLD
 
 RETRY_TEXT = "Service temporarily unavailable, please retry"
 
@@ -197,6 +198,9 @@ async def test_outage_gives_503_and_recovers_without_restart(own_postgres: Postg
                     assert health.status == 200
 
             own_postgres.start()
+            # Statements after a failure fail at once for FAILURE_HOLD: the database is asked
+            # again at most that long after it answers.
+            await asyncio.sleep(FAILURE_HOLD)
             assert (await native_handshake(f"{gateway.ws_url}/ws?token={after}"))[0] == 101
             async with await connect("socket.io", gateway.http_url, during_sio) as client:
                 assert (await client.expect("connected"))["isLoggedIn"] is False

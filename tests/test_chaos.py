@@ -35,12 +35,28 @@ from support.postgres import PostgresCluster
 from support.rawws import OP_TEXT, RawConnection, Response, frame, upgrade_request
 from support.redis import RedisServer
 from yektaws.descriptors import DESCRIPTOR_RESERVE
+from yektaws.sessions.postgres import FAILURE_HOLD
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def tracebacks(gateway: Gateway) -> int:
     return gateway.log_text().count("Traceback")
+
+
+def noise(gateway: Gateway) -> list[str]:
+    """Log lines that are not the gateway's JSON, or are errors: what an operator would be
+    paged for, or could not parse."""
+    lines = []
+    for line in gateway.log_text().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            lines.append(line)
+            continue
+        if entry.get("level") in ("error", "critical"):
+            lines.append(line)
+    return lines
 
 
 # -- a close code the server chose, under CPU load --------------------------------------------
@@ -247,6 +263,8 @@ async def test_descriptor_limit_refuses_new_handshakes_and_recovers(
 # -- PostgreSQL restarted during a handshake storm --------------------------------------------
 
 STORM_WORKERS = 8
+#: How long the storm against a database that is down lasts.
+STORM_SECONDS = 2.0
 #: After PostgreSQL is back, how long until every handshake succeeds again.
 DATABASE_RECOVERY = 5.0
 
@@ -314,8 +332,49 @@ async def test_postgres_restart_during_handshake_storm(own_postgres: PostgresClu
     assert set(sio) <= {"connected", retry}, sio  # never "Invalid or expired session token"
     assert sio["connected"] > 0
     assert tracebacks(gateway) == 0
+    # aiopg reported every failed connection attempt twice at error level, and warned raw.
+    assert noise(gateway) == [], noise(gateway)[:3]
     failures = [e for e in gateway.logs() if e.get("event") == "session_store_failed"]
     assert 1 <= len(failures) <= 3  # the cause, said once per interval, not per handshake
+
+
+async def test_a_database_that_is_down_is_not_stormed_with_connection_attempts() -> None:
+    # A PostgreSQL that accepts and hangs up at once, as a crashed or restarting one does,
+    # counting what it is asked. Before, one gateway asked it about 1,500 times a second
+    # (once per handshake and once more on a fresh connection): from every worker of every node
+    # at once, a database starting up forks a backend for each attempt.
+    attempts = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal attempts
+        attempts += 1
+        writer.close()
+
+    database = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = database.sockets[0].getsockname()[1]
+    gateway = start_gateway(
+        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/down", "SESSION_CACHE_TTL": "0"}
+    )
+    statuses: Counter[int] = Counter()
+    try:
+        attempts = 0  # from here on, only the storm's
+        storm_until = time.monotonic() + STORM_SECONDS
+
+        async def native_worker(n: int) -> None:
+            while time.monotonic() < storm_until:
+                conn, answer = await native_upgrade(gateway, f"token-{n}")
+                conn.abort()
+                statuses[answer.status] += 1
+
+        await asyncio.gather(*(native_worker(n) for n in range(STORM_WORKERS)))
+    finally:
+        gateway.stop()
+        database.close()
+    assert set(statuses) == {503} and statuses[503] > 100, statuses  # retryable, quickly
+    # One statement per FAILURE_HOLD (and its retry on a fresh connection), and the slack of
+    # the last round's.
+    assert attempts <= 2 * STORM_SECONDS / FAILURE_HOLD + 6, attempts
+    assert noise(gateway) == [], noise(gateway)[:3]
 
 
 # -- Redis stopped and restarted during pushes ------------------------------------------------

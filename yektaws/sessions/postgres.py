@@ -10,16 +10,45 @@ wherever that is not UTC.
 from __future__ import annotations
 
 import asyncio
+import time
+import warnings
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiopg
+import psycopg2  # type: ignore[import-untyped]
 
 from yektaws.sessions import Session, StoreUnavailable, new_token
 from yektaws.sessions.schema import POSTGRES_SESSIONS_TABLE
 from yektaws.settings import Settings
 
-__all__ = ["PostgresStore", "describe_url"]
+__all__ = ["FAILURE_HOLD", "PostgresStore", "describe_url"]
+
+#: Seconds after a statement failed (the retry on a fresh connection included) during which the
+#: next ones fail at once with the same error instead of trying. One gateway's handshakes asked
+#: for about 1,500 new connections a second of a database that was down or starting up (each
+#: attempt a backend process forked and refused there); now at most two per hold. A recovered
+#: database is used again this long after it answers, at most.
+FAILURE_HOLD = 0.2
+
+# aiopg turns "always" on for its own ResourceWarnings, and warns "Unclosed connection" for
+# every connection attempt that failed half-way, which it then closes itself: during a
+# database outage a raw, multi-line stderr warning per handshake. What failed is logged by the
+# gateway, once per interval (yektaws.auth).
+warnings.filterwarnings("ignore", "Unclosed connection", ResourceWarning, r"aiopg(\.\w+)+")
+
+
+def _aiopg_cleanup(context: dict[str, Any]) -> bool:
+    """Whether an event-loop exception report is aiopg tidying up after a failed connection
+    attempt: the half-made connection it closes when collected, and the waiter it fails then,
+    which nobody awaits any more. Two error lines per failed attempt, saying nothing the
+    store's own error does not."""
+    if isinstance(context.get("connection"), aiopg.Connection):
+        return context.get("message") == "Unclosed connection"
+    return isinstance(context.get("exception"), psycopg2.Error) and context.get(
+        "message", ""
+    ).startswith("Future exception was never retrieved")
+
 
 _LOOKUP = (
     "SELECT token, user_id, is_logged_in FROM sessions "
@@ -55,6 +84,12 @@ class PostgresStore:
         self._zone = settings.session_timezone
         self._pool: aiopg.Pool | None = None
         self.description = f"postgresql {describe_url(self._url)}"
+        #: The last failure, and until when (time.monotonic()) statements fail with it untried.
+        self._failure: StoreUnavailable | None = None
+        self._failing_until = 0.0
+        self._probing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_handler: Any = None
 
     async def open(self) -> None:
         # minsize=0: a database that is down at start must not stop the gateway from starting;
@@ -66,21 +101,58 @@ class PostgresStore:
             timeout=self._timeout,
             pool_recycle=300,
         )
+        self._loop = asyncio.get_running_loop()
+        self._previous_handler = self._loop.get_exception_handler()
+        self._loop.set_exception_handler(self._report)
 
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             await self._pool.wait_closed()
             self._pool = None
+        if self._loop is not None:
+            self._loop.set_exception_handler(self._previous_handler)
+            self._loop = None
+
+    def _report(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The event loop's exception handler while the store is open: aiopg's own tidying
+        after failed connection attempts (:func:`_aiopg_cleanup`) is dropped, the rest goes on
+        to the handler there was before."""
+        if _aiopg_cleanup(context):
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     async def _execute(self, sql: str, params: tuple[Any, ...] = (), fetch: str = "") -> Any:
         """Run one statement; ``fetch`` is ``"one"``, ``"all"`` or nothing.
 
-        After a database restart the pool's idle connections are dead, and the first statement on
-        each would fail. A failure that came quickly therefore empties the idle pool and tries
-        once more on a fresh connection, so a recovered database is usable at the very next
-        handshake; a timeout is not retried (SESSION_STORE_TIMEOUT bounds the whole lookup).
+        For :data:`FAILURE_HOLD` after a failure, fail at once with it (the database is not
+        asked again so soon); then one statement asks, and the others fail at once until it
+        has its answer.
         """
+        if self._failure is not None:
+            if self._probing or time.monotonic() < self._failing_until:
+                raise StoreUnavailable(str(self._failure))
+            self._probing = True  # this statement finds out; the others wait for its answer
+        try:
+            result = await self._execute_retried(sql, params, fetch)
+        except StoreUnavailable as exc:
+            self._failure, self._failing_until = exc, time.monotonic() + FAILURE_HOLD
+            raise
+        else:
+            self._failure = None
+        finally:
+            self._probing = False
+        return result
+
+    async def _execute_retried(self, sql: str, params: tuple[Any, ...], fetch: str) -> Any:
+        """After a database restart the pool's idle connections are dead, and the first
+        statement on each would fail. A failure that came quickly therefore empties the idle
+        pool and tries once more on a fresh connection, so a recovered database is usable by the
+        first statement that asks it, not after one failure per dead connection; a timeout is
+        not retried (SESSION_STORE_TIMEOUT bounds the whole lookup)."""
         try:
             return await self._execute_once(sql, params, fetch)
         except StoreUnavailable as exc:
