@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
@@ -223,6 +224,27 @@ def socketio_refused(connect: bytes, namespace: str = "") -> Attack:
 # -- attacks that need more than one exchange ---------------------------------------------------
 
 
+def polling_ignored(*bodies: bytes) -> Attack:
+    """Long-polling bodies that are not Engine.IO are dropped (``ok``); the session answers."""
+
+    async def attack(target: Target) -> None:
+        base = f"{target.gateway.http_url}/socket.io/?EIO=4&transport=polling"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base) as opened:
+                sid = orjson.loads((await opened.read())[1:])["sid"]
+            session = f"{base}&sid={sid}"
+            for body in (*bodies, b'40{"token":"%s"}' % target.token().encode()):
+                async with http.post(session, data=body) as answer:
+                    assert (answer.status, await answer.read()) == (200, b"ok"), body
+            packets = b""
+            while b'42["connected"' not in packets:
+                async with http.get(session) as poll:
+                    packets += await poll.read()
+            assert packets.startswith(b'40{"sid"'), packets
+
+    return attack
+
+
 async def slowloris(target: Target) -> None:
     """Headers a byte at a time: cut once HANDSHAKE_TIMEOUT has passed, never upgraded."""
     conn = await RawConnection.open(target.port)
@@ -416,6 +438,8 @@ ATTACKS: list[tuple[str, Attack]] = [
     # Socket.IO
     ("Socket.IO packet with broken JSON", socketio_closed(text(b'42["unclosed'))),
     ("Socket.IO unknown packet type", socketio_closed(text(b"49"), text(b"9hello"))),
+    ("Engine.IO unknown packet type", socketio_ignored(text(b"9hello"), text(b"7"))),
+    ("long-polling body that is not Engine.IO", polling_ignored(b"9hello", b"xyz", b"\x1e\x1e")),
     ("Socket.IO event that is not a list", socketio_closed(text(b'42{"a":1}'))),
     ("Socket.IO event named by a number", socketio_ignored(text(b"42[5,{}]"))),
     ("Socket.IO binary garbage", socketio_closed(frame(OP_BINARY, b"\xff\x00garbage"))),
@@ -469,6 +493,14 @@ def test_no_attack_made_a_handler_fail(target: Target) -> None:
     """Runs after the table: no handler of ours raised on any input (bad input is answered)."""
     assert target.gateway.logs(), "no logs to check"
     assert [entry for entry in target.gateway.logs() if entry["event"] == "handler_failed"] == []
+    # Nor is any of it an error of the gateway's: aiohttp logged each unparsable request with a
+    # traceback at ERROR (a flood any client could cause); now it is one line at INFO.
+    log = target.gateway.log_text()
+    assert "Traceback" not in log
+    assert [e for e in target.gateway.logs() if e["level"] in ("error", "critical")] == []
+    told = [e for e in target.gateway.logs() if e["event"].startswith("Bad HTTP request from")]
+    assert any("Got more than 8190 bytes" in e["event"] for e in told), told
+    assert all(e["level"] == "info" and "aaaaaaaa" not in e["event"] for e in told), told
 
 
 # -- memory --------------------------------------------------------------------------------------

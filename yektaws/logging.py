@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, TextIO, cast
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["configure_logging", "flush_logs", "get_logger", "mask_secrets", "mask_token"]
 
@@ -193,6 +194,22 @@ def flush_logs() -> None:
         stream.flush_now()
 
 
+class _ClientFaults(logging.Filter):
+    """aiohttp logs each request it cannot parse (a request line or headers over its limits, a
+    malformed header) as an error with a traceback. Such a request is the client's fault and is
+    answered 400; on a public port it is a scanner's daily fare, and a traceback per request is
+    a flood an attacker controls. It becomes one line at INFO naming the error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "Bad HTTP request from %s: %s", (peer, error.message)
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     """Send structlog and standard-library logging through one masked renderer on stderr.
 
@@ -240,6 +257,9 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             ],
         )
     )
+    aiohttp_server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientFaults) for f in aiohttp_server.filters):
+        aiohttp_server.addFilter(_ClientFaults())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)

@@ -355,6 +355,10 @@ class _PacketReader:
             pkt = eio_packet.Packet(encoded_packet=data)
         except Exception:
             return True  # undecodable: ignored, as python-engineio ignores unknown packets
+        if not 0 <= pkt.packet_type < len(eio_packet.packet_names):
+            # Ignored too; python-engineio would fail on it naming it for its log (a
+            # traceback in ours for every such packet a client sends).
+            return True
         try:
             if pkt.packet_type == eio_packet.MESSAGE and self._on_message is not None:
                 await self._on_message(socket.sid, pkt.data)

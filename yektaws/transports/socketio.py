@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -90,17 +91,42 @@ class _Handshake:
     token: str | None
 
 
+# What python-engineio appends to the first report of each kind of client error.
+_ONCE_SUFFIX = " (further occurrences of this error will be logged with level INFO)"
+# How python-engineio reports a long-polling POST it failed to handle.
+_BAD_POLLING_BODY = "post request handler error"
+
+
 class _QuietLogger:
     """The logger python-socketio and python-engineio are given: their per-packet INFO lines
     cost a call each even when filtered, so below WARNING nothing is called at all; warnings and
-    errors reach the standard logger (and so the gateway's masked log output)."""
+    errors reach the standard logger (and so the gateway's masked log output), except that a
+    client's mistake is a warning (see :meth:`error`)."""
 
     def __init__(self, name: str) -> None:
         target = logging.getLogger(name)
+        self._target = target
         self.warning = target.warning
-        self.error = target.error
-        self.exception = target.exception
         self.critical = target.critical
+
+    def error(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        # python-engineio reports a client's mistake (an unknown session id, transport or
+        # protocol version, all answered 400) as an error the first time per kind in a process,
+        # then at INFO: after every deploy, error lines nobody has to act on.
+        if isinstance(message, str) and message.endswith(_ONCE_SUFFIX):
+            self._target.warning(message[: -len(_ONCE_SUFFIX)], *args, **kwargs)
+        else:
+            self._target.error(message, *args, **kwargs)
+
+    def exception(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        # A long-polling body that is not Engine.IO (undecodable, or a packet type beyond the
+        # seven there are) fails in python-engineio's decoding, which logs the traceback as its
+        # own error, drops the body and answers ok: per request, whoever sends it. One line.
+        error = sys.exc_info()[1]
+        if message == _BAD_POLLING_BODY and isinstance(error, ValueError | IndexError):
+            self._target.warning("%s: not Engine.IO (%s)", message, type(error).__name__)
+        else:
+            self._target.exception(message, *args, **kwargs)
 
     def debug(self, *args: Any, **kwargs: Any) -> None:
         pass
