@@ -1,7 +1,8 @@
 """``yektaws serve --workers N``: N gateway processes on one machine, supervised by a parent.
 
 The parent binds every listening socket before it starts a worker, so a port in use is one clear
-error at start, and a restarted worker gets the very same sockets back:
+error at start, and a restarted worker gets the very same sockets back (its public one bound
+anew):
 
 - the public port (``HOST:WEBSOCKET_PORT``), one socket per worker, all bound with
   ``SO_REUSEPORT``: the kernel spreads new connections over them by a hash of the addresses.
