@@ -85,7 +85,9 @@ class PostgresStore:
         self._pool: aiopg.Pool | None = None
         self.description = f"postgresql {describe_url(self._url)}"
         #: The last failure, and until when (time.monotonic()) statements fail with it untried.
-        self._failure: StoreUnavailable | None = None
+        # Its text only: the exception's traceback would keep what failed (a half-made aiopg
+        # connection among it) alive until the next failure or success.
+        self._failure: str | None = None
         self._failing_until = 0.0
         self._probing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,12 +136,12 @@ class PostgresStore:
         """
         if self._failure is not None:
             if self._probing or time.monotonic() < self._failing_until:
-                raise StoreUnavailable(str(self._failure))
+                raise StoreUnavailable(self._failure)
             self._probing = True  # this statement finds out; the others wait for its answer
         try:
             result = await self._execute_retried(sql, params, fetch)
         except StoreUnavailable as exc:
-            self._failure, self._failing_until = exc, time.monotonic() + FAILURE_HOLD
+            self._failure, self._failing_until = str(exc), time.monotonic() + FAILURE_HOLD
             raise
         else:
             self._failure = None
