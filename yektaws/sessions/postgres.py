@@ -134,7 +134,8 @@ class PostgresStore:
         asked again so soon); then one statement asks, and the others fail at once until it
         has its answer.
         """
-        if self._failure is not None:
+        probe = self._failure is not None
+        if probe:
             if self._probing or time.monotonic() < self._failing_until:
                 raise StoreUnavailable(self._failure)
             self._probing = True  # this statement finds out; the others wait for its answer
@@ -146,7 +147,8 @@ class PostgresStore:
         else:
             self._failure = None
         finally:
-            self._probing = False
+            if probe:  # not a statement that was already out when the failure came
+                self._probing = False
         return result
 
     async def _execute_retried(self, sql: str, params: tuple[Any, ...], fetch: str) -> Any:

@@ -101,7 +101,7 @@ class _QuietLogger:
     """The logger python-socketio and python-engineio are given: their per-packet INFO lines
     cost a call each even when filtered, so below WARNING nothing is called at all; warnings and
     errors reach the standard logger (and so the gateway's masked log output), except that a
-    client's mistake is a warning (see :meth:`error`)."""
+    client's mistake is a warning (see :meth:`error` and :meth:`exception`)."""
 
     def __init__(self, name: str) -> None:
         target = logging.getLogger(name)
