@@ -17,6 +17,7 @@ import pytest
 from support.clients import NativeClient, SocketIOClient, connect
 from support.gateway import Gateway
 from support.handshake import handshake
+from support.rawws import OP_CONTINUATION, OP_TEXT, RawConnection, close_frame, frame
 
 
 async def still_serves(gateway: Gateway, token: str) -> None:
@@ -43,6 +44,45 @@ async def test_native_message_over_limit_closes_1009(gateway_factory, make_token
     await client.send_frame('{"event":"echo","data":"' + "x" * (padding + 1) + '"}')
     assert await client.wait_closed() == 1009
     await client.close()
+    await still_serves(gateway, make_token())
+
+
+# What a client sends after its message failed: the rest of an oversize message in fragments,
+# or frames after an unmasked one. A server that drops the connection at once meets these with a
+# reset, and a reset can discard the close frame before the client has read it.
+STILL_SENDING = {
+    "oversize by fragments": (
+        1009,
+        [frame(OP_TEXT, b" " * 1000, fin=False)]
+        + [frame(OP_CONTINUATION, b" " * 1000, fin=False)] * 100,
+    ),
+    "frames after an unmasked one": (
+        1002,
+        [frame(OP_TEXT, b'{"event":"ping"}', mask=False)]
+        + [frame(OP_TEXT, b'{"event":"ping"}')] * 1000,
+    ),
+}
+
+
+@pytest.mark.parametrize("failure", STILL_SENDING.values(), ids=STILL_SENDING.keys())
+async def test_client_still_sending_after_failing_reads_the_close_code(
+    gateway_factory, make_token, failure: tuple[int, list[bytes]]
+) -> None:
+    """The failed connection is read on until the client answers the close frame, then ended
+    at once (not after the answer timeout): every try sees the code, none a reset."""
+    code, frames = failure
+    gateway = gateway_factory(MAX_MESSAGE_SIZE="4096")
+    for _ in range(20):
+        conn = await RawConnection.upgraded(gateway.port, f"/ws?token={make_token()}")
+        try:
+            assert (await conn.read_event())["event"] == "connected"
+            for data in frames:
+                await conn.send(data)  # a reset raises here
+            assert await conn.close_code() == code
+            await conn.send(close_frame(code))
+            assert await conn.closed_by_server(timeout=5.0)  # the answer timeout is 10 s
+        finally:
+            await conn.close()
     await still_serves(gateway, make_token())
 
 

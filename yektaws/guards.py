@@ -11,6 +11,8 @@
   even out; a client still sending then met a reset that cost it the frame (1006 instead of the
   code the server chose). The close waits for the frame to leave (``frame_sent``: the transport
   buffer and the kernel's send queue), then for the client's answer, as RFC 6455 7.1.1 has it.
+  A connection whose input failed (an oversize message, a broken frame) is closed the same way:
+  its guard reads on and discards, watching for the client's close frame.
 - :func:`header_deadline_factory`: aiohttp has no timeout for receiving a request's headers, so a
   client sending them a byte at a time (slowloris) holds a connection forever. Each new connection
   gets ``HANDSHAKE_TIMEOUT`` seconds to complete its first request's headers.
@@ -73,49 +75,92 @@ _SEND_POLL_LONGEST = 0.2
 
 
 class FrameGuard:
-    """Wraps aiohttp's ``WebSocketReader``; passes bytes through until a frame breaks a rule."""
+    """Wraps aiohttp's ``WebSocketReader``; passes bytes through until a frame breaks a rule.
 
-    __slots__ = ("_header", "_on_violation", "_parser", "_skip", "violated")
+    Once the input has failed (a rule of ours, or the reader's own: size, UTF-8, opcodes) nothing
+    more reaches the reader, but the bytes are still read, so that what the client sends after
+    the failure never meets a closed socket, and their frame headers still watched: the client's
+    close frame, or its EOF, is the answer the failing side's close waits for
+    (:meth:`watch_for_close`).
+    """
+
+    __slots__ = (
+        "_header",
+        "_on_peer_close",
+        "_on_violation",
+        "_parser",
+        "_peer_closed",
+        "_skip",
+        "failed",
+    )
 
     def __init__(self, parser: WebSocketReader, on_violation: Callable[[str], None]) -> None:
         self._parser = parser
         self._on_violation = on_violation
         self._header = bytearray()  # the start of a frame not yet complete enough to judge
         self._skip = 0  # payload bytes of the current frame still to pass by
-        self.violated = False
+        #: The input has failed, the guard's rules or the reader's: the reader is fed no more.
+        self.failed = False
+        # A close frame's header has passed, or the stream ended.
+        self._peer_closed = False
+        self._on_peer_close: Callable[[], None] | None = None
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if not self.violated:
-            violation = self._violation(data)
-            if violation is not None:
-                self.violated = True
-                self._on_violation(violation)
-        if self.violated:
+        if self.failed:
+            self._violation(data)
+            self._notice_peer_close()
             return True, b""
-        return self._parser.feed_data(data)
+        violation = self._violation(data)
+        if violation is not None:
+            self.failed = True
+            self._on_violation(violation)
+            return True, b""
+        failed, tail = self._parser.feed_data(data)
+        if failed:
+            self.failed = True
+        return failed, tail
 
     def feed_eof(self) -> None:
         self._parser.feed_eof()
+        self._peer_closed = True
+        self._notice_peer_close()
+
+    def watch_for_close(self, on_peer_close: Callable[[], None]) -> None:
+        """Call ``on_peer_close`` once the client's close frame, or its EOF, has come (at once if
+        it already has). For a failed input, whose close frame the reader no longer parses."""
+        self._on_peer_close = on_peer_close
+        self._notice_peer_close()
+
+    def _notice_peer_close(self) -> None:
+        if self._peer_closed and self._on_peer_close is not None:
+            callback, self._on_peer_close = self._on_peer_close, None
+            callback()
 
     def _violation(self, data: bytes) -> str | None:
         """Advance through ``data``'s frames; what is wrong with the first bad one, if any.
 
         Headers are read in place (this runs for every read of every connection); only the
         start of a frame split across two reads is kept, a few bytes at most: a header, and
-        for a close frame its two status bytes.
+        for a close frame its two status bytes. A bad frame is walked past like any other, so
+        that the frames after it still line up (the client's close frame among them).
         """
         if self._header:
             data = bytes(self._header) + data
             self._header.clear()
         position, size = self._skip, len(data)
+        violation = None
         while position + 2 <= size:
             first, second = data[position], data[position + 1]
-            if not second & _MASK_BIT:
-                return "Received an unmasked frame"
+            masked = second & _MASK_BIT
+            if not masked and violation is None:
+                violation = "Received an unmasked frame"
             length = second & _LENGTH_MASK
             extra = 2 if length == 126 else 8 if length == 127 else 0
-            payload_at = position + 2 + extra + 4  # extended length, then the masking key
-            is_close = first & _OPCODE_MASK == _OPCODE_CLOSE and length >= 2
+            payload_at = position + 2 + extra + (4 if masked else 0)  # length, masking key
+            closing = first & _OPCODE_MASK == _OPCODE_CLOSE
+            if closing:
+                self._peer_closed = True
+            is_close = closing and masked and length >= 2
             if payload_at + (2 if is_close else 0) > size:
                 break
             if extra:
@@ -123,15 +168,15 @@ class FrameGuard:
             if is_close:
                 key = data[payload_at - 4 : payload_at]
                 status = (data[payload_at] ^ key[0]) << 8 | (data[payload_at + 1] ^ key[1])
-                if status in _RESERVED_CLOSE_CODES:
-                    return f"Invalid close code: {status}"
+                if status in _RESERVED_CLOSE_CODES and violation is None:
+                    violation = f"Invalid close code: {status}"
             position = payload_at + length
         if position >= size:
             self._skip = position - size
         else:
             self._skip = 0
             self._header += data[position:]
-        return None
+        return violation
 
 
 class GuardedWebSocketResponse(web.WebSocketResponse):
@@ -153,6 +198,7 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         self._peer_closed: asyncio.Future[None] | None = None
         self._handshake_done: asyncio.Future[None] | None = None
         self._handler_task: asyncio.Task[Any] | None = None
+        self._guard: FrameGuard | None = None  # by prepare()
 
     async def close_within(
         self, timeout: float, transport: asyncio.Transport, code: int = 1000, text: str = ""
@@ -181,6 +227,11 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
             return
         if self._closed or self._writer is None:
             return
+        await self._close_once(timeout, transport, code, text)
+
+    async def _close_once(
+        self, timeout: float, transport: asyncio.Transport, code: int, text: str
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._close_sent = True
         self._peer_closed = loop.create_future()
@@ -202,9 +253,12 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         if not await frame_sent(transport, timeout):
             transport.abort()  # the client reads nothing: the frame cannot reach it
             return
-        # From here the frame is on the client's machine; it is read on until it answers.
+        # From here the frame is on the client's machine; it is read on until it answers. A
+        # failed input is read by its guard, which no read loop could be (the reader is done).
         reading = None
-        if asyncio.current_task() is self._handler_task:  # no read loop runs but ours
+        if self._guard is not None and self._guard.failed:
+            self._guard.watch_for_close(self._answered)
+        elif asyncio.current_task() is self._handler_task:  # no read loop runs but ours
             reading = asyncio.get_running_loop().create_task(self._read_until_close())
         try:
             async with asyncio.timeout(CLOSE_ANSWER_TIMEOUT):
@@ -223,9 +277,32 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
             if message.type in _ENDING_MESSAGES:
                 return
 
+    def _answered(self) -> None:
+        if self._peer_closed is not None and not self._peer_closed.done():
+            self._peer_closed.set_result(None)
+
+    async def _close_failed(self, failure: WebSocketError, message: bytes) -> bool:
+        """Fail the connection (``receive()`` calls this when the input broke a rule) with the
+        closing handshake of :meth:`close_within`. aiohttp's own close() dropped the connection
+        as soon as the frame was written: a client still sending (the rest of an oversize
+        message) met a reset, which can discard the close frame before its library reads it."""
+        self._exception = failure  # as aiohttp's close() leaves it: the transports read its code
+        self._set_closed()
+        transport = self._detached.transport if self._detached is not None else None
+        if transport is None and self._req is not None:
+            transport = self._req.transport
+        if transport is not None:
+            await self._close_once(self._timeout, transport, failure.code, message.decode())
+        return True
+
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
+        failure = self._reader.exception() if self._reader is not None else None
+        guard = self._guard
+        failed = guard is not None and guard.failed and isinstance(failure, WebSocketError)
+        if failed and not self._close_sent:
+            return await self._close_failed(cast(WebSocketError, failure), message)
         if not self._close_sent:
             try:
                 return await super().close(code=code, message=message, drain=drain)
@@ -238,8 +315,7 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
                 _drop_tracebacks(self.exception())
         # Our frame is out: aiohttp calls this when the peer's close frame (or its EOF, or a
         # broken frame) arrives, which completes the handshake; no second close frame is sent.
-        if self._peer_closed is not None and not self._peer_closed.done():
-            self._peer_closed.set_result(None)
+        self._answered()
         if self._closed:
             return False
         self._set_closed()
@@ -299,8 +375,9 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
             queue.set_exception(WebSocketError(WSCloseCode.PROTOCOL_ERROR, violation))
 
         on_data = None if self._heartbeat is None else self._on_data_received
+        self._guard = FrameGuard(self._parser, fail)
         # The protocols call only feed_data() and feed_eof(), which a FrameGuard has.
-        guarded = cast(WebSocketReader, FrameGuard(self._parser, fail))
+        guarded = cast(WebSocketReader, self._guard)
         if self._detached is not None:
             self._detached.attach_reader(guarded)
         request.protocol.set_parser(guarded, data_received_cb=on_data)

@@ -16,11 +16,12 @@ with the reader, the queue, the writers and the response object, whose ``receive
 they are parsed (:mod:`yektaws.wsinline`) and starts a task only for what must wait.
 
 What aiohttp's handler did for the connection after the upgrade, the detached protocol does:
-``data_received`` feeds the reader (and stops at its first error, as aiohttp's ``close()`` after a
-failed frame does), ``connection_lost`` feeds it EOF and wakes a writer waiting to drain; flow
-control in both directions is aiohttp's own :class:`~aiohttp.base_protocol.BaseProtocol`. A
-detached socket is not in aiohttp's list of connections: the application closes it at shutdown
-(``yektaws.app``), as it closes every connection.
+``data_received`` feeds the reader (which, after its first error, takes the bytes unparsed until
+the client's close frame: :class:`~yektaws.guards.FrameGuard`), ``connection_lost`` feeds it EOF
+and wakes a writer waiting to drain; flow control in both directions is aiohttp's own
+:class:`~aiohttp.base_protocol.BaseProtocol`. A detached socket is not in aiohttp's list of
+connections: the application closes it at shutdown (``yektaws.app``), as it closes every
+connection.
 
 The private attributes this touches are listed, with why, in :mod:`yektaws.compat`.
 """
@@ -44,28 +45,23 @@ class DetachedProtocol(BaseProtocol):
     has made it the transport's protocol.
     """
 
-    __slots__ = ("_failed", "_reader")
+    __slots__ = ("_reader",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
         super().__init__(loop)
         self._upgraded = True  # BaseProtocol: pausing never touches an HTTP parser
         self.transport = transport
         self._reader: Any = None
-        #: The reader failed a frame: the rest of the stream is not read (see data_received).
-        self._failed = False
 
     def attach_reader(self, reader: Any) -> None:
         """The frame reader (``feed_data``/``feed_eof``, e.g. a guarded ``WebSocketReader``)."""
         self._reader = reader
 
     def data_received(self, data: bytes) -> None:
-        if self._failed or not data:
-            return
-        failed, _tail = self._reader.feed_data(data)
-        if failed:
-            # The reader has queued the error; the response answers it with its close frame.
-            # What follows a broken frame is not a frame: aiohttp's handler stops reading too.
-            self._failed = True
+        if data and self._reader is not None:
+            # After a failed frame the guard takes the bytes without parsing them, watching
+            # for the client's close (the response answers the failure with its close frame).
+            self._reader.feed_data(data)
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost() follows
