@@ -151,25 +151,25 @@ class FrameGuard:
         violation = None
         while position + 2 <= size:
             first, second = data[position], data[position + 1]
-            masked = second & _MASK_BIT
-            if not masked and violation is None:
-                violation = "Received an unmasked frame"
             length = second & _LENGTH_MASK
             extra = 2 if length == 126 else 8 if length == 127 else 0
+            masked = second & _MASK_BIT
             payload_at = position + 2 + extra + (4 if masked else 0)  # length, masking key
-            closing = first & _OPCODE_MASK == _OPCODE_CLOSE
-            if closing:
+            if not masked and violation is None:
+                violation = "Received an unmasked frame"
+            if first & _OPCODE_MASK == _OPCODE_CLOSE:
                 self._peer_closed = True
-            is_close = closing and masked and length >= 2
-            if payload_at + (2 if is_close else 0) > size:
+                if masked and length >= 2:  # its status code
+                    if payload_at + 2 > size:
+                        break
+                    key = data[payload_at - 4 : payload_at]
+                    status = (data[payload_at] ^ key[0]) << 8 | (data[payload_at + 1] ^ key[1])
+                    if status in _RESERVED_CLOSE_CODES and violation is None:
+                        violation = f"Invalid close code: {status}"
+            if payload_at > size:
                 break
             if extra:
                 length = int.from_bytes(data[position + 2 : position + 2 + extra], "big")
-            if is_close:
-                key = data[payload_at - 4 : payload_at]
-                status = (data[payload_at] ^ key[0]) << 8 | (data[payload_at + 1] ^ key[1])
-                if status in _RESERVED_CLOSE_CODES and violation is None:
-                    violation = f"Invalid close code: {status}"
             position = payload_at + length
         if position >= size:
             self._skip = position - size
