@@ -53,6 +53,15 @@ def _connection() -> Any:
     return aiosqlite.connect(":memory:")
 
 
+def _web_server() -> Any:
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    loop = asyncio.new_event_loop()
+    loop.close()  # a server only keeps its loop until it serves
+    return web.Server(handler, loop=loop)
+
+
 def _protocol() -> BaseProtocol:
     # The writers only keep the loop and the protocol: a closed loop will do.
     loop = asyncio.new_event_loop()
@@ -75,6 +84,7 @@ SAMPLES: dict[str, Callable[[], Any]] = {
     "aiohttp.http_writer:StreamWriter": _stream_writer,
     "aiohttp.web_ws:WebSocketResponse": _websocket,
     "aiohttp.web_request:BaseRequest": _request,
+    "aiohttp.web_server:Server": _web_server,
     "engineio.async_server:AsyncServer": _server,
     "engineio.async_socket:AsyncSocket": _socket,
     "engineio.async_drivers.aiohttp:WebSocket": _driver,

@@ -175,6 +175,16 @@ INTERNALS: tuple[Internal, ...] = (
         "HANDSHAKE_TIMEOUT: aiohttp has no deadline for request headers (slowloris).",
     ),
     Internal(
+        "aiohttp.web_server:Server",
+        "request_factory",
+        _GUARDS,
+        "A constructor parameter, not a documented attribute: each RequestHandler reads it "
+        "when it is made. header_deadline_factory wraps it to know when a connection's first "
+        "request is in and let its deadline drop the handler.",
+        instance=True,
+        parameters=("message", "payload", "protocol", "writer", "task"),
+    ),
+    Internal(
         "aiohttp.web_ws:WebSocketResponse",
         "_close_transport",
         _GUARDS,
