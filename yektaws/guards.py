@@ -77,9 +77,9 @@ _SEND_POLL_LONGEST = 0.2
 class FrameGuard:
     """Wraps aiohttp's ``WebSocketReader``; passes bytes through until a frame breaks a rule.
 
-    Once the input has failed (a rule of ours, or the reader's own: size, UTF-8, opcodes) nothing
-    more reaches the reader, but the bytes are still read, so that what the client sends after
-    the failure never meets a closed socket, and their frame headers still watched: the client's
+    Once the input has failed (a rule of ours, or the reader's own: size, UTF-8, opcodes) the
+    reader takes nothing more, but the bytes are still read, so that what the client sends after
+    the failure never meets a closed socket, and their frame headers still walked: the client's
     close frame, or its EOF, is the answer the failing side's close waits for
     (:meth:`watch_for_close`).
     """
@@ -91,7 +91,7 @@ class FrameGuard:
         "_parser",
         "_peer_closed",
         "_skip",
-        "failed",
+        "violated",
     )
 
     def __init__(self, parser: WebSocketReader, on_violation: Callable[[str], None]) -> None:
@@ -99,26 +99,23 @@ class FrameGuard:
         self._on_violation = on_violation
         self._header = bytearray()  # the start of a frame not yet complete enough to judge
         self._skip = 0  # payload bytes of the current frame still to pass by
-        #: The input has failed, the guard's rules or the reader's: the reader is fed no more.
-        self.failed = False
+        self.violated = False  # a frame broke the guard's rules: the reader is fed no more
         # A close frame's header has passed, or the stream ended.
         self._peer_closed = False
         self._on_peer_close: Callable[[], None] | None = None
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self.failed:
-            self._violation(data)
-            self._notice_peer_close()
-            return True, b""
         violation = self._violation(data)
+        if self._on_peer_close is not None:  # a failed input's close is waiting for the answer
+            self._notice_peer_close()
+        if self.violated:
+            return True, b""
         if violation is not None:
-            self.failed = True
+            self.violated = True
             self._on_violation(violation)
             return True, b""
-        failed, tail = self._parser.feed_data(data)
-        if failed:
-            self.failed = True
-        return failed, tail
+        # After its own failure the reader parses nothing more (aiohttp's: it answers at once).
+        return self._parser.feed_data(data)
 
     def feed_eof(self) -> None:
         self._parser.feed_eof()
@@ -230,21 +227,27 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         await self._close_once(timeout, transport, code, text)
 
     async def _close_once(
-        self, timeout: float, transport: asyncio.Transport, code: int, text: str
+        self,
+        timeout: float,
+        transport: asyncio.Transport,
+        code: int,
+        text: str,
+        *,
+        input_failed: bool = False,
     ) -> None:
         loop = asyncio.get_running_loop()
         self._close_sent = True
         self._peer_closed = loop.create_future()
         self._handshake_done = loop.create_future()
         try:
-            await self._close_handshake(timeout, transport, code, text)
+            await self._close_handshake(timeout, transport, code, text, input_failed)
         except Exception:  # the connection broke under us (reset, closed): nothing left to save
             transport.abort()
         finally:
             self._handshake_done.set_result(None)
 
     async def _close_handshake(
-        self, timeout: float, transport: asyncio.Transport, code: int, text: str
+        self, timeout: float, transport: asyncio.Transport, code: int, text: str, input_failed: bool
     ) -> None:
         assert self._writer is not None and self._peer_closed is not None
         if transport.is_closing():
@@ -256,7 +259,7 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         # From here the frame is on the client's machine; it is read on until it answers. A
         # failed input is read by its guard, which no read loop could be (the reader is done).
         reading = None
-        if self._guard is not None and self._guard.failed:
+        if input_failed and self._guard is not None:
             self._guard.watch_for_close(self._answered)
         elif asyncio.current_task() is self._handler_task:  # no read loop runs but ours
             reading = asyncio.get_running_loop().create_task(self._read_until_close())
@@ -292,17 +295,18 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         if transport is None and self._req is not None:
             transport = self._req.transport
         if transport is not None:
-            await self._close_once(self._timeout, transport, failure.code, message.decode())
+            await self._close_once(
+                self._timeout, transport, failure.code, message.decode(), input_failed=True
+            )
         return True
 
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
+        # What the reader (or the guard) failed the input with: nothing else sets it.
         failure = self._reader.exception() if self._reader is not None else None
-        guard = self._guard
-        failed = guard is not None and guard.failed and isinstance(failure, WebSocketError)
-        if failed and not self._close_sent:
-            return await self._close_failed(cast(WebSocketError, failure), message)
+        if isinstance(failure, WebSocketError) and not self._close_sent:
+            return await self._close_failed(failure, message)
         if not self._close_sent:
             try:
                 return await super().close(code=code, message=message, drain=drain)
