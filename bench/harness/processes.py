@@ -83,6 +83,18 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
 
 
+def machine_ticks() -> tuple[int, int]:
+    """The machine's CPU time so far, in clock ticks: ``(stolen, all)`` from ``/proc/stat``.
+
+    Stolen time is what the hypervisor gave another guest while this one wanted to run; between
+    two samples its share says how far the figures of that stretch can be trusted (0 where the
+    kernel does not count it).
+    """
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 class Processes:
     """Every process the benchmark starts, so that all of them can be stopped by PID."""
 
