@@ -291,9 +291,7 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         message) met a reset, which can discard the close frame before its library reads it."""
         self._exception = failure  # as aiohttp's close() leaves it: the transports read its code
         self._set_closed()
-        transport = self._detached.transport if self._detached is not None else None
-        if transport is None and self._req is not None:
-            transport = self._req.transport
+        transport = self._socket_transport
         if transport is not None:
             await self._close_once(
                 self._timeout, transport, failure.code, message.decode(), input_failed=True
@@ -343,12 +341,19 @@ class GuardedWebSocketResponse(web.WebSocketResponse):
         detach(self, request, self._detached)
         self._handler_task = None  # the handler returns: it is not the socket's reader
 
+    @property
+    def _socket_transport(self) -> asyncio.Transport | None:
+        """The connection's transport: the request's, or once detached the detached protocol's
+        (a detached socket has no request any more). None once it is gone."""
+        if self._detached is not None:
+            return self._detached.transport
+        return self._req.transport if self._req is not None else None
+
     def _close_transport(self) -> None:
         # aiohttp closes the transport through the request, which a detached socket has no more.
-        if self._detached is None:
-            super()._close_transport()
-        elif self._detached.transport is not None:
-            self._detached.transport.close()
+        transport = self._socket_transport
+        if transport is not None:
+            transport.close()
 
     @property
     def inline_queue(self) -> InlineQueue:
